@@ -1,0 +1,80 @@
+"""The command line: a thin layer over the Python API. One module per command.
+
+Each command module defines add_parser(subparsers) and run(args) -> exit status. Errors a user
+can cause (cnnlab.errors.CnnlabError) become one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+# Order here is the order in `cnnlab --help`.
+COMMANDS = ["train", "evaluate"]
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line that says what is wrong and where to look, instead of argparse's usage dump.
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def add_json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one machine-readable JSON object on stdout")
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = Parser(prog="cnnlab", description="Convolutional neural networks on MNIST-style images.")
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name in COMMANDS:
+        importlib.import_module(f".{name}", __name__).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import CnnlabError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CnnlabError as e:
+        print(f"cnnlab {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `cnnlab ... | head` is not an error
+        return 0

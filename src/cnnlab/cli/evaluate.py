@@ -1,0 +1,47 @@
+"""cnnlab evaluate: test accuracy, per-class accuracy and the confusion matrix of a run."""
+
+from __future__ import annotations
+
+from . import add_json_flag, positive_int, print_json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a run",
+                       description="Evaluate a run folder on its dataset's test split.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'cnnlab train'")
+    p.add_argument("--dataset", default=None, help="evaluate on another dataset's test split (default: the run's)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default $CNNLAB_DATA_DIR, else ./data)")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="the first N test images only")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..evaluate import evaluate
+
+    r = evaluate(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit)
+    if args.json:
+        print_json(r)
+        return 0
+    console = Console()
+    console.print(f"[bold]{r['run_dir']}[/] on {r['dataset']} test: accuracy "
+                  f"[bold]{r['accuracy']:.2%}[/] ({r['correct']:,}/{r['total']:,})")
+    per = Table(title="Per-class accuracy")
+    per.add_column("class")
+    per.add_column("accuracy", justify="right")
+    per.add_column("images", justify="right")
+    for name, acc, row in zip(r["classes"], r["per_class_accuracy"], r["confusion_matrix"]):
+        per.add_row(name, f"{acc:.2%}", f"{sum(row):,}")
+    console.print(per)
+    cm = Table(title="Confusion matrix (rows: true class, columns: predicted)")
+    cm.add_column("true \\ pred")
+    for i in range(len(r["classes"])):
+        cm.add_column(str(i), justify="right")
+    for i, row in enumerate(r["confusion_matrix"]):
+        cm.add_row(f"{i} {r['classes'][i]}", *[f"[bold]{v}[/]" if j == i else (str(v) if v else ".")
+                                                 for j, v in enumerate(row)])
+    console.print(cm)
+    return 0

@@ -1,0 +1,190 @@
+"""Datasets: MNIST-style IDX files loaded once into uint8 tensors.
+
+A split is a pair (images uint8 [N, 28, 28], labels int64 [N]) held in memory; conversion to
+float and normalisation happen per batch in the training engine, so nothing here runs per sample.
+Files already on disk are used as they are (no checksum check: a locally rebuilt file is trusted);
+missing files are fetched with torchvision's checksum-verified download.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+
+DIGITS = [str(i) for i in range(10)]
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+KUZUSHIJI = ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
+
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str            # the name users type
+    folder: str          # torchvision's folder under the data dir
+    tv_class: str        # torchvision.datasets class used to download
+    files: dict          # split -> (images file, labels file) under <folder>/raw
+    classes: list
+    # Normalize(mean, std) of the lecture: maps [0, 1] to [-1, 1]. Kept per dataset so a recipe
+    # may choose the dataset's own statistics instead.
+    mean: float = 0.5
+    std: float = 0.5
+
+
+DATASETS = {
+    "mnist": DatasetInfo("mnist", "MNIST", "MNIST", MNIST_FILES, DIGITS),
+    "fashion-mnist": DatasetInfo("fashion-mnist", "FashionMNIST", "FashionMNIST", MNIST_FILES, FASHION),
+    "kmnist": DatasetInfo("kmnist", "KMNIST", "KMNIST", MNIST_FILES, KUZUSHIJI),
+    "qmnist": DatasetInfo("qmnist", "QMNIST", "QMNIST", {
+        "train": ("qmnist-train-images-idx3-ubyte", "qmnist-train-labels-idx2-int"),
+        "test": ("qmnist-test-images-idx3-ubyte", "qmnist-test-labels-idx2-int"),
+    }, DIGITS),
+}
+
+
+@dataclass
+class Split:
+    images: torch.Tensor   # uint8 [N, H, W]
+    labels: torch.Tensor   # int64 [N]
+    classes: list
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int | None) -> "Split":
+        """The first n examples (all of them when n is None or larger than the split)."""
+        if n is None or n >= len(self):
+            return self
+        return Split(self.images[:n], self.labels[:n], self.classes)
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """--data-dir, else $CNNLAB_DATA_DIR, else ./data."""
+    return Path(explicit or os.environ.get("CNNLAB_DATA_DIR") or "data")
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+# --- IDX format -------------------------------------------------------------------------------
+# Header: two zero bytes, a type code, the number of dimensions, then one big-endian uint32 per
+# dimension. We parse it ourselves so a truncated or corrupt file gets an error naming the file
+# instead of a reshape traceback deep inside a library.
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise DataError(f"{path} is not an IDX file (wrong magic number "
+                        f"{raw[:4].hex() or 'empty file'}); delete it and download it again")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path} is truncated inside its header; delete it and download it again")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{path} has {len(raw):,} bytes but its header declares shape {shape} "
+                        f"({expected:,} bytes); the file is truncated or corrupt - delete it and "
+                        f"download it again")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _load_split(info: DatasetInfo, raw_dir: Path, split: str) -> Split:
+    img_file, lbl_file = (raw_dir / f for f in info.files[split])
+    images = read_idx(img_file)
+    labels = read_idx(lbl_file)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"{img_file} should hold uint8 images [N, H, W], found {images.dtype} "
+                        f"{list(images.shape)}")
+    if labels.ndim == 2:  # QMNIST keeps extra metadata columns; the class is the first
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise DataError(f"{lbl_file} should hold a 1-D list of labels, found shape {list(labels.shape)}")
+    if len(labels) != len(images):
+        raise DataError(f"{lbl_file} has {len(labels):,} labels but {img_file.name} has "
+                        f"{len(images):,} images; the files do not belong together")
+    bad = (labels < 0) | (labels >= len(info.classes))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{lbl_file} has label {int(labels[i])} at index {i}, outside 0..{len(info.classes) - 1}")
+    return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)), list(info.classes))
+
+
+def _missing_message(info: DatasetInfo, raw_dir: Path, missing: list, reason: str) -> str:
+    names = " ".join(f for pair in info.files.values() for f in pair)
+    return (f"{info.name} files missing in {raw_dir} ({', '.join(missing)}) and {reason}; "
+            f"put the four files {names} there (uncompressed IDX), or pass --data-dir / set "
+            f"CNNLAB_DATA_DIR to a folder that has {info.folder}/raw/, or connect to the internet "
+            f"to download them")
+
+
+def ensure_files(info: DatasetInfo, root: Path, download: bool = True) -> Path:
+    """Return <root>/<folder>/raw with all four files present, downloading only what is missing."""
+    raw_dir = root / info.folder / "raw"
+    needed = [f for pair in info.files.values() for f in pair]
+    missing = [f for f in needed if not (raw_dir / f).is_file()]
+    if not missing:
+        return raw_dir
+    if not download:
+        raise DataError(_missing_message(info, raw_dir, missing, "downloading is off"))
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, info.tv_class)
+    try:
+        # torchvision downloads from its mirrors, verifies each archive's MD5 and unpacks to raw/.
+        for train in (True, False):
+            cls(root=str(root), train=train, download=True)
+    except Exception as e:  # no network, DNS failure, mirror down, disk full...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(_missing_message(info, raw_dir, missing, f"the download failed ({first[:120]})")) from None
+    still = [f for f in needed if not (raw_dir / f).is_file()]
+    if still:
+        raise DataError(_missing_message(info, raw_dir, still, "the download did not produce them"))
+    return raw_dir
+
+
+_CACHE: dict = {}
+
+
+def load(name: str = "mnist", split: str = "train", root: str | os.PathLike | None = None,
+         download: bool = True) -> Split:
+    """Load one split of a dataset into memory (cached per process: each split is read once)."""
+    info = dataset_info(name)
+    root = data_dir(root)
+    key = (name, split, str(root.resolve()))
+    if key not in _CACHE:
+        raw_dir = ensure_files(info, root, download)
+        _CACHE[key] = _load_split(info, raw_dir, split)
+    return _CACHE[key]
+
+
+def normalize(images_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 [N, H, W] (or [N, 1, H, W]) -> float [N, 1, H, W] with (x/255 - mean) / std."""
+    x = images_u8.float() if images_u8.dtype == torch.uint8 else images_u8
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    # One fused affine op instead of divide-subtract-divide: x * a + b.
+    return x * (1.0 / (255.0 * std)) - (mean / std)

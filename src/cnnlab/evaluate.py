@@ -1,0 +1,66 @@
+"""Evaluation: accuracy, per-class accuracy and the confusion matrix, computed in chunks."""
+
+from __future__ import annotations
+
+import torch
+
+from . import data as data_mod
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images_u8: torch.Tensor, mean: float, std: float,
+                   device: torch.device | str = "cpu", batch_size: int = 2048) -> torch.Tensor:
+    """Logits for uint8 images [N, H, W], in chunks so memory stays flat for any N."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(images_u8), batch_size):
+        x = data_mod.normalize(images_u8[i:i + batch_size].to(device), mean, std)
+        out.append(model(x).float().cpu())
+    model.train(was_training)
+    if not out:
+        return torch.empty(0, 0)
+    return torch.cat(out)
+
+
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """counts[true, predicted]."""
+    idx = labels.long() * num_classes + preds.long()
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def metrics_from_predictions(labels: torch.Tensor, preds: torch.Tensor, classes: list) -> dict:
+    k = len(classes)
+    cm = confusion_matrix(labels, preds, k)
+    per_class_total = cm.sum(dim=1).clamp(min=1)
+    return {
+        "accuracy": float((preds == labels).float().mean()) if len(labels) else 0.0,
+        "correct": int((preds == labels).sum()),
+        "total": int(len(labels)),
+        "per_class_accuracy": (cm.diag().float() / per_class_total).tolist(),
+        "confusion_matrix": cm.tolist(),
+        "classes": list(classes),
+    }
+
+
+def accuracy(model, split: data_mod.Split, mean: float, std: float, device="cpu") -> float:
+    preds = predict_logits(model, split.images, mean, std, device).argmax(1)
+    return float((preds == split.labels).float().mean())
+
+
+def evaluate(run, dataset: str | None = None, data_dir=None, limit: int | None = None,
+             device: str = "cpu") -> dict:
+    """Evaluate a run folder (or a loaded TrainedModel) on its dataset's test split.
+
+    Returns accuracy (fraction), per_class_accuracy (list), confusion_matrix (rows = true class).
+    """
+    from .runs import TrainedModel, load
+
+    trained = run if isinstance(run, TrainedModel) else load(run, device=device)
+    name = dataset or trained.config.get("dataset", "mnist")
+    test = data_mod.load(name, "test", data_dir).subset(limit)
+    preds = trained.logits(test.images).argmax(1)
+    result = metrics_from_predictions(test.labels, preds, trained.classes)
+    result["dataset"] = name
+    result["run_dir"] = str(trained.run_dir) if trained.run_dir else None
+    return result

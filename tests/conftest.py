@@ -1,0 +1,43 @@
+"""Shared fixtures: the real datasets in ../shared/datasets, a CLI runner, one quick trained run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+DATA_DIR = Path(os.environ.get("CNNLAB_DATA_DIR") or ROOT.parent / "shared" / "datasets").resolve()
+
+# Settings that make one epoch on 6,000 images reach ~95.8% with simple_cnn (seeds 0-2 measured
+# 95.7-95.9% on the first 2,000 test images); the lecture's batch 64 gives ~89% in that budget.
+QUICK = dict(model="simple_cnn", epochs=1, limit_train=6000, limit_test=2000,
+             batch_size=8, lr=0.002, schedule="onecycle", seed=0)
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run `python -m cnnlab ARGS` as a user would, with this checkout's sources first on the path."""
+    full_env = {**os.environ, "CNNLAB_DATA_DIR": str(DATA_DIR), **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), full_env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "cnnlab", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "MNIST" / "raw").is_dir():
+        pytest.fail(f"real datasets not found at {DATA_DIR}; set CNNLAB_DATA_DIR (see README)")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def quick_run(data_dir, tmp_path_factory):
+    """One simple_cnn run (1 epoch, 6,000 images) shared by every test that needs a trained model."""
+    import cnnlab
+
+    out = tmp_path_factory.mktemp("runs") / "quick"
+    return cnnlab.train(data_dir=data_dir, out=out, progress=False, log=None, **QUICK)
