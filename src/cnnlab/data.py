@@ -134,11 +134,9 @@ def _load_split(info: DatasetInfo, raw_dir: Path, split: str) -> Split:
 
 
 def _missing_message(info: DatasetInfo, raw_dir: Path, missing: list, reason: str) -> str:
-    names = " ".join(f for pair in info.files.values() for f in pair)
-    return (f"{info.name} files missing in {raw_dir} ({', '.join(missing)}) and {reason}; "
-            f"put the four files {names} there (uncompressed IDX), or pass --data-dir / set "
-            f"CNNLAB_DATA_DIR to a folder that has {info.folder}/raw/, or connect to the internet "
-            f"to download them")
+    return (f"{info.name} data not found: {raw_dir} lacks {', '.join(missing)} and {reason}; put the "
+            f"four uncompressed IDX files there, point --data-dir or CNNLAB_DATA_DIR at a folder that "
+            f"contains {info.folder}/raw/, or connect to the internet so they can be downloaded")
 
 
 def ensure_files(info: DatasetInfo, root: Path, download: bool = True) -> Path:
