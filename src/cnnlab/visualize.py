@@ -130,7 +130,7 @@ def first_linear(model: nn.Module, x: torch.Tensor) -> nn.Linear | None:
 
 # --- hand-designed kernels and cosine similarity -----------------------------------------------
 
-def _hand_kernels(size: int) -> dict[str, np.ndarray]:
+def hand_kernels(size: int) -> dict[str, np.ndarray]:
     """The lecture's classic kernels at size x size (3x3 ones centred in a zero border)."""
     base = {
         "prewitt-x": [[-1, 0, 1], [-1, 0, 1], [-1, 0, 1]],
@@ -170,7 +170,7 @@ def match_kernels(filters: np.ndarray) -> list[dict]:
     size = filters.shape[-1]
     if size < 3 or filters.shape[-2] != size:
         return [{"filter": i, "match": None, "similarity": None} for i in range(len(filters))]
-    bank = _hand_kernels(size)
+    bank = hand_kernels(size)
     out = []
     for i, f in enumerate(filters):
         scores = {name: cosine(f, k) for name, k in bank.items()}
@@ -527,6 +527,9 @@ def render(run, *, index: int = 0, image=None, explain: list[int] | None = None,
                 {"layer": first.name, "filters": filters.tolist(),
                  "matches": [{k: m[k] for k in ("filter", "match", "similarity")} for m in matches]}))
             summary["filters"] = figures[-1].data["matches"]
+            scores = [m["similarity"] for m in matches if m["similarity"] is not None]
+            if scores:
+                summary["mean_filter_similarity"] = round(float(np.mean(scores)), 4)
         else:
             lin = first_linear(model, x)
             c, h, wd = trained.config.get("input_size", [1, data_mod.IMAGE_SIZE, data_mod.IMAGE_SIZE])
@@ -631,7 +634,7 @@ def render(run, *, index: int = 0, image=None, explain: list[int] | None = None,
                          "saliency": saliency(net, xi, target),
                          "gradcam": grad_cam(net, cam_module, xi, target) if cam_module is not None else None})
         figures.append(Figure(
-            "saliency", "Saliency and Grad-CAM",
+            "saliency", "Saliency and Grad-CAM" if cam_name else "Saliency",
             "Saliency: how strongly each pixel changes the score of the predicted class (the gradient of the "
             "score with respect to the input). "
             + (f"Grad-CAM: which regions of the last spatial feature map ({cam_name}) support that class: "

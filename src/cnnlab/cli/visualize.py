@@ -54,8 +54,6 @@ def render_args(args):
 
 
 def run(args) -> int:
-    from rich.console import Console
-
     from ..visualize import write
 
     v = render_args(args)
@@ -64,11 +62,13 @@ def run(args) -> int:
     if args.json:
         print_json(v.to_json(paths))
         return 0
-    console = Console()
-    console.print(f"[bold]{v.model}[/] on {v.dataset}: accuracy {v.summary['accuracy']:.2%} on "
-                  f"{v.summary['test_images']:,} test images, {v.summary['misclassified']:,} misclassified")
+    print(f"{v.model} on {v.dataset}: accuracy {v.summary['accuracy']:.2%} on {v.summary['test_images']:,} test "
+          f"images, {v.summary['misclassified']:,} misclassified")
+    if "mean_filter_similarity" in v.summary:
+        print(f"first-layer filters: {len(v.summary['filters'])}, mean |cosine| with the closest hand-designed "
+              f"kernel {v.summary['mean_filter_similarity']:.2f}")
     for f in v.figures:
-        console.print(f"  wrote {paths[f.name]}  [dim]{f.title}[/]")
+        print(f"  wrote {paths[f.name]}  ({f.title})")
     for na in v.not_applicable:
-        console.print(f"  [yellow]not drawn[/]: {na['figure']} - {na['reason']}")
+        print(f"  not drawn: {na['figure']} - {na['reason']}")
     return 0
