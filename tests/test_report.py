@@ -76,9 +76,9 @@ def test_report_cli_json_and_errors(quick_run, tmp_path, capsys):
     from cnnlab.cli import main
 
     out = tmp_path / "r.html"
-    assert main(["report", str(quick_run.run_dir), "--out", str(out), "--limit", "100", "--json"]) == 0
+    assert main(["report", str(quick_run.run_dir), "--out", str(out), "--limit", "500", "--json"]) == 0
     j = json.loads(capsys.readouterr().out)
-    assert j["report"] == str(out) and j["test_images"] == 100 and len(j["figures"]) == 6
+    assert j["report"] == str(out) and j["test_images"] == 500 and len(j["figures"]) == 6
     assert out.read_text().startswith("<!doctype html>")
 
     assert main(["report", str(quick_run.run_dir), "--out", str(tmp_path / "no" / "r.html")]) == 2
