@@ -53,7 +53,9 @@ class TrainConfig:
     precision: str = "auto"          # auto | fp32 | bf16 (autocast; weights stay float32)
     channels_last: bool = True
     compile: bool = False            # torch.compile the model (pays only for long runs)
-    eval_batch_size: int = 4096      # images per evaluation chunk
+    # Images per evaluation chunk. Measured on 10,000 MNIST test images (1 thread, bf16): 512, 2048
+    # and 4096 took the same time within noise, 10,000 in one chunk was ~1.6x slower (cache misses).
+    eval_batch_size: int = 2048
     target_accuracy: float | None = None  # stop as soon as test accuracy reaches this fraction
     eval_every: int | None = None    # with a target: evaluate every N steps (default 4x per epoch)
 

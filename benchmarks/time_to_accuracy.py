@@ -1,0 +1,123 @@
+"""Time to accuracy: the lecture's own code against cnnlab's recipes, on this machine, in one run.
+
+    python benchmarks/time_to_accuracy.py            # lecture code + lecture/fast/best, 3 seeds each
+    python benchmarks/time_to_accuracy.py --quick    # 1 seed each, best cut to 3 epochs
+    python benchmarks/time_to_accuracy.py --only lecture-code,fast --seeds 3 --dataset fashion-mnist
+
+Each run is a fresh child process, so its peak RSS is its own and nothing is warm from another
+run. Wall time is measured inside the child around everything the run does after `import torch`:
+reading the dataset, training, and computing the test accuracy. Prints one table (and --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = os.environ.get("CNNLAB_DATA_DIR") or str(ROOT.parent / "shared" / "datasets")
+if not Path(DATA_DIR, "MNIST", "raw").is_dir():
+    raise SystemExit(f"datasets not found in {DATA_DIR}; set CNNLAB_DATA_DIR to the folder holding MNIST/raw")
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path[:0] = [{src!r}, {bench!r}]
+import torch
+kind, dataset, seed, data_dir, extra = {kind!r}, {dataset!r}, {seed!r}, {data_dir!r}, {extra!r}
+start = time.perf_counter()
+if kind == "lecture-code":
+    import lecture_code
+    acc = lecture_code.run(data_dir, dataset=dataset, seed=seed, verbose=False)
+    extra_out = {{}}
+else:
+    import cnnlab
+    from cnnlab import recipes
+    r = cnnlab.train(recipes.config(kind, dataset=dataset, seed=seed, **extra), data_dir=data_dir, save=False,
+                     progress=False, log=None)
+    acc = r.test_accuracy
+    extra_out = {{"train_seconds": r.train_seconds, "precision": r.precision, "epochs": len(r.epochs)}}
+wall = time.perf_counter() - start
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+print("RESULT " + json.dumps({{"wall": wall, "accuracy": acc, "rss_mib": rss, **extra_out}}))
+"""
+
+
+def run_child(kind: str, dataset: str, seed: int, extra: dict, threads: int | None) -> dict:
+    code = CHILD.format(src=str(ROOT / "src"), bench=str(ROOT / "benchmarks"), kind=kind, dataset=dataset,
+                        seed=seed, data_dir=DATA_DIR, extra=extra)
+    # The same OpenMP setting for every row (cnnlab sets it on import; the lecture's code would
+    # not), so the table compares pipelines, not spin policies.
+    env = {**os.environ, "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "10000")}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+    if p.returncode or not lines:
+        raise SystemExit(f"{kind} seed {seed} failed:\n{p.stderr[-2000:]}")
+    return json.loads(lines[-1][7:])
+
+
+def machine() -> str:
+    import torch
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    bf16 = "AVX512-BF16" if "avx512_bf16" in flags else ("AMX" if "amx_bf16" in flags else "no native bf16")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} cores, {bf16}; {platform.system()} {platform.machine()}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}; load average at start {load:.1f}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1 seed each, best recipe cut to 3 epochs")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per row (default 3, --quick 1)")
+    p.add_argument("--only", default="lecture-code,lecture,fast,best",
+                   help="comma-separated rows: lecture-code, lecture, fast, best")
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for every child")
+    p.add_argument("--json", action="store_true", help="also print all runs as JSON")
+    args = p.parse_args(argv)
+    seeds = args.seeds or (1 if args.quick else 3)
+    rows = args.only.split(",")
+
+    print(f"machine: {machine()}; GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', '10000')}, threads {args.threads or 'default'}", flush=True)
+    results = {}
+    for kind in rows:
+        extra = {"epochs": 3} if (kind == "best" and args.quick) else {}
+        results[kind] = []
+        for seed in range(seeds):
+            r = run_child(kind, args.dataset, seed, extra, args.threads)
+            results[kind].append(r)
+            print(f"  {kind:13s} seed {seed}: {r['wall']:7.1f} s  {r['accuracy']:.2%}  {r['rss_mib']:6.0f} MiB",
+                  flush=True)
+
+    base = statistics.mean(r["wall"] for r in results["lecture-code"]) if "lecture-code" in results else None
+    print(f"\n{args.dataset}, {seeds} seed(s) per row{' (--quick: best cut to 3 epochs)' if args.quick else ''}")
+    print(f"{'row':14s} {'wall s (mean)':>13s} {'acc mean':>9s} {'acc min':>8s} {'speed-up':>9s} {'peak RSS':>9s}")
+    for kind, rs in results.items():
+        wall = statistics.mean(r["wall"] for r in rs)
+        accs = [r["accuracy"] for r in rs]
+        speed = f"{base / wall:8.1f}x" if base else "      -"
+        print(f"{kind:14s} {wall:13.1f} {statistics.mean(accs):9.2%} {min(accs):8.2%} {speed:>9s} "
+              f"{max(r['rss_mib'] for r in rs):6.0f} MiB")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
