@@ -17,12 +17,17 @@ from .train import TrainConfig
 RECIPES: dict[str, dict] = {
     # The lecture's code, through the engine: same model, optimiser and numbers (simple_cnn,
     # batch 64, Adam lr 1e-3, 2 epochs, Normalize(0.5, 0.5)). These are TrainConfig's defaults.
-    # Evidence: EVIDENCE-LECTURE
+    # Evidence (2-core Zen 4, load 4-9 from other jobs, --threads 1, 3 seeds, 2026-11-24): 98.52%
+    # mean (98.35-98.65%) in 58.1 s; the lecture's own DataLoader code in the same invocation:
+    # 98.52% mean (98.31-98.75%) in 231.6 s, so 4.0x faster at the same accuracy. Peak RSS 982 MiB.
     "lecture": dict(model="simple_cnn", epochs=2, batch_size=64, optimizer="adam", lr=1e-3,
                     schedule="constant", augment="none", label_smoothing=0.0),
 
     # Fastest route cnnlab found to >= 99.0% MNIST test accuracy (mean of 3 seeds).
-    # Evidence: EVIDENCE-FAST
+    # Evidence (same machine, conditions and invocation as lecture's): 99.14% mean (99.12%,
+    # 99.13%, 99.18%) in 20.3 s mean, 11.4x faster than the lecture's code (231.6 s). Chosen from
+    # 1-epoch runs, seeds 0/1: lr 4e-3 98.94/98.99%, lr 2e-3 98.93/98.88%, lr 8e-3 99.06/99.06%,
+    # batch 64 99.08/99.01%, lr 4e-3 + label smoothing 0.1 99.12/99.13%.
     "fast": dict(model="fast_cnn", epochs=1, batch_size=128, optimizer="adam", lr=4e-3,
                  schedule="onecycle", augment="none", label_smoothing=0.1),
 
