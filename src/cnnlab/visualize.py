@@ -120,11 +120,12 @@ def first_linear(model: nn.Module, x: torch.Tensor) -> nn.Linear | None:
     found = []
     handles = [m.register_forward_hook(lambda mod, i, o: found.append(mod))
                for m in model.modules() if isinstance(m, nn.Linear)]
-    with torch.no_grad():
-        model.eval()
-        model(x)
-    for h in handles:
-        h.remove()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
     return found[0] if found else None
 
 
@@ -480,7 +481,7 @@ def render(run, *, index: int = 0, image=None, explain: list[int] | None = None,
     figures: list[Figure] = []
     not_applicable: list[dict] = []
     summary: dict = {}
-    steps = 7
+    steps = 6
     with (_progress(progress) if progress else nullcontext()) as bar:
         task = bar.add_task("drawing figures", total=steps) if bar else None
 
