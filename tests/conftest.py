@@ -41,3 +41,15 @@ def quick_run(data_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "quick"
     return cnnlab.train(data_dir=data_dir, out=out, progress=False, log=None, **QUICK)
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in this process (no interpreter start-up): (exit status, stdout, stderr)."""
+    from cnnlab.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse rejects a flag before main() returns
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
