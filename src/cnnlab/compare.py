@@ -1,8 +1,9 @@
 """A family of models trained the same way, side by side: size, cost, speed, accuracy, overfitting.
 
 Every model goes through the one training engine (train.train) with the same data, seed and
-settings; only the architecture differs. Train accuracy is measured after training, in eval mode,
-on the same training images; the train-test gap is the lecture's overfitting point.
+settings; only the architecture differs. Train and test accuracy are both measured after training
+by cnnlab.evaluate (eval mode, float32) on the same training and test images the run used, so
+the train-test gap, the lecture's overfitting point, compares like with like.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def compare(models: list[str] = DEFAULT_MODELS, config: TrainConfig | None = Non
     log = log or (lambda s: None)
     info = data_mod.dataset_info(base.dataset)
     train_split = data_mod.load(base.dataset, "train", data_dir).subset(base.limit_train)
+    test_split = data_mod.load(base.dataset, "test", data_dir).subset(base.limit_test)
     device = resolve_device(base.device)
 
     rows = []
@@ -66,9 +68,10 @@ def compare(models: list[str] = DEFAULT_MODELS, config: TrainConfig | None = Non
         result = train(base, data_dir=data_dir, out=out / name if out else None, save=out is not None,
                        progress=False, log=log, model=name)
         train_acc = accuracy(result.model, train_split, info.mean, info.std, device)
+        test_acc = accuracy(result.model, test_split, info.mean, info.std, device)
         rows.append(Row(name, result.parameters, summarize(name).macs,
-                        round(sum(e.seconds for e in result.epochs), 3), train_acc, result.test_accuracy,
-                        train_acc - result.test_accuracy, str(result.run_dir) if result.run_dir else None))
+                        round(sum(e.seconds for e in result.epochs), 3), train_acc, test_acc,
+                        train_acc - test_acc, str(result.run_dir) if result.run_dir else None))
     if out is not None:
         atomic_write(out / "compare.csv", to_csv(rows))
         atomic_write(out / "compare.md", to_markdown(rows, base))

@@ -77,6 +77,8 @@ def describe(module: nn.Module) -> str:
         if module.padding not in (0, (0, 0)):
             text += f", pad {_pair(module.padding)}"
         return text
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return f"{module.num_features}"
     if isinstance(module, nn.Dropout):
         return f"p={module.p}"
     if isinstance(module, (nn.Flatten, nn.ReLU, nn.Tanh)):
