@@ -206,6 +206,6 @@ class NoPoolCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-register("lenet5", "LeCun et al. 1998: conv6@5x5-avgpool-conv16@5x5-avgpool-fc120-fc84-fc10, tanh (61,706 parameters)")(LeNet5)
-register("alexnet_mini", "AlexNet's pattern for 28x28: 5 convs, overlapping max pooling, dropout, 3 FC layers (347,274 parameters)")(AlexNetMini)
-register("no_pool_cnn", "simple_cnn with stride-2 convolutions instead of max pooling (206,922 parameters)")(NoPoolCNN)
+register("lenet5", "LeCun et al. 1998: conv6-avgpool-conv16-avgpool-fc120-fc84, 5x5 kernels, tanh")(LeNet5)
+register("alexnet_mini", "AlexNet's pattern at 28x28: 5 convs, overlapping max pools, dropout, 3 FC")(AlexNetMini)
+register("no_pool_cnn", "simple_cnn with stride-2 convs instead of max pooling (the control)")(NoPoolCNN)
