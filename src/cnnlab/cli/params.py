@@ -29,7 +29,7 @@ def run(args) -> int:
     from .. import params
     from ..models import get_spec, model_names
 
-    console = Console(width=max(Console().width, 100))  # keep tables unwrapped when piped
+    console = Console(width=max(Console().width, 120))  # keep tables unwrapped when piped
     shape = params.parse_shape(args.input)
     if args.lecture:
         if args.model:
