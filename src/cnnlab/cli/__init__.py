@@ -12,7 +12,7 @@ import json
 import sys
 
 # Order here is the order in `cnnlab --help`.
-COMMANDS = ["train", "evaluate", "visualize", "report"]
+COMMANDS = ["train", "evaluate", "visualize", "report", "params", "conv", "kernels", "pool", "compare"]
 
 
 class Parser(argparse.ArgumentParser):
