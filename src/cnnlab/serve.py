@@ -326,7 +326,9 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_leve
         raise CnnlabError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port "
                           f"or stop the program using it") from None
     print(f"cnnlab serve: {info_line(app)} at http://{host}:{port}/  (Ctrl+C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    # A longer keep-alive than uvicorn's 5 s: busy clients reuse connections instead of racing
+    # the server closing them.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30)
 
 
 def info_line(app: FastAPI) -> str:
