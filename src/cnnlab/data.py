@@ -4,12 +4,15 @@ A split is a pair (images uint8 [N, 28, 28], labels int64 [N]) held in memory; c
 float and normalisation happen per batch in the training engine, so nothing here runs per sample.
 Files already on disk are used as they are (no checksum check: a locally rebuilt file is trusted);
 missing files are fetched with torchvision's checksum-verified download.
+
+Users' own images come in as `folder:PATH`, an ImageFolder-style tree (one sub-folder per class),
+read once with PIL into the same uint8 split, so everything downstream is the same as for MNIST.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +63,7 @@ class Split:
     images: torch.Tensor   # uint8 [N, H, W]
     labels: torch.Tensor   # int64 [N]
     classes: list
+    skipped: list = field(default_factory=list)  # "path: reason" of unreadable images left out
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -68,7 +72,7 @@ class Split:
         """The first n examples (all of them when n is None or larger than the split)."""
         if n is None or n >= len(self):
             return self
-        return Split(self.images[:n], self.labels[:n], self.classes)
+        return replace(self, images=self.images[:n], labels=self.labels[:n])
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -77,8 +81,11 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def dataset_info(name: str) -> DatasetInfo:
+    if name.startswith(FOLDER):
+        return folder_info(name)
     if name not in DATASETS:
-        raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}, "
+                        f"or {FOLDER}PATH for a folder of images with one sub-folder per class")
     return DATASETS[name]
 
 
@@ -134,11 +141,9 @@ def _load_split(info: DatasetInfo, raw_dir: Path, split: str) -> Split:
 
 
 def _missing_message(info: DatasetInfo, raw_dir: Path, missing: list, reason: str) -> str:
-    names = " ".join(f for pair in info.files.values() for f in pair)
-    return (f"{info.name} files missing in {raw_dir} ({', '.join(missing)}) and {reason}; "
-            f"put the four files {names} there (uncompressed IDX), or pass --data-dir / set "
-            f"CNNLAB_DATA_DIR to a folder that has {info.folder}/raw/, or connect to the internet "
-            f"to download them")
+    return (f"{info.name} data not found: {raw_dir} lacks {', '.join(missing)} and {reason}; put the "
+            f"four uncompressed IDX files there, point --data-dir or CNNLAB_DATA_DIR at a folder that "
+            f"contains {info.folder}/raw/, or connect to the internet so they can be downloaded")
 
 
 def ensure_files(info: DatasetInfo, root: Path, download: bool = True) -> Path:
@@ -170,8 +175,14 @@ _CACHE: dict = {}
 
 
 def load(name: str = "mnist", split: str = "train", root: str | os.PathLike | None = None,
-         download: bool = True) -> Split:
-    """Load one split of a dataset into memory (cached per process: each split is read once)."""
+         download: bool = True, val_split: float = 0.0) -> Split:
+    """Load one split of a dataset into memory (cached per process: each split is read once).
+
+    val_split matters only for a folder without train/ and test/: that share of each class is
+    its "test" split and the rest its "train" split.
+    """
+    if name.startswith(FOLDER):
+        return load_folder(name, split, val_split)
     info = dataset_info(name)
     root = data_dir(root)
     key = (name, split, str(root.resolve()))
@@ -188,3 +199,112 @@ def normalize(images_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
         x = x.unsqueeze(1)
     # One fused affine op instead of divide-subtract-divide: x * a + b.
     return x * (1.0 / (255.0 * std)) - (mean / std)
+
+
+# --- Image folders ------------------------------------------------------------------------------
+FOLDER = "folder:"
+
+
+def _folder_roots(name: str) -> tuple[Path, Path | None]:
+    """(train tree, test tree or None) of `folder:PATH`: PATH/train and PATH/test when both exist."""
+    path = Path(name[len(FOLDER):]).expanduser()
+    if not path.is_dir():
+        raise DataError(f"--dataset {name}: {path} is not a folder; give a folder with one "
+                        f"sub-folder of images per class (optionally inside train/ and test/)")
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return path / "train", path / "test"
+    return path, None
+
+
+def folder_info(name: str) -> DatasetInfo:
+    from torchvision.datasets.folder import find_classes
+
+    train_root, _ = _folder_roots(name)
+    try:
+        classes, _ = find_classes(str(train_root))
+    except FileNotFoundError:
+        classes = []
+    if len(classes) < 2:
+        raise DataError(f"--dataset {name}: {train_root} has {len(classes)} class sub-folder(s); a "
+                        f"classifier needs at least 2 (e.g. {train_root}/cat/*.png and {train_root}/dog/*.png)")
+    return DatasetInfo(name, name[len(FOLDER):], "ImageFolder", {}, classes)
+
+
+def _read_image(path: str) -> np.ndarray:
+    """Any size, grayscale or colour -> uint8 [28, 28] grayscale (antialiased resize)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("L")
+        if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+            im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _read_tree(root: Path, classes: list) -> Split:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    extra = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in class_to_idx)
+    if extra:
+        raise DataError(f"{root} has class folder(s) {', '.join(extra)} that the training folder "
+                        f"lacks; both must have the same class sub-folders")
+    samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    images, labels, skipped = [], [], []
+    for path, label in samples:
+        try:
+            images.append(_read_image(path))
+        except Exception as e:  # truncated, not really an image, unsupported mode...: skip, count
+            skipped.append(f"{path}: {' '.join(str(e).split())[:100] or type(e).__name__}")
+            continue
+        labels.append(label)
+    if not images:
+        raise DataError(f"{root} holds no readable images ({len(skipped)} unreadable); put image "
+                        f"files ({', '.join(IMG_EXTENSIONS)}) in one sub-folder per class")
+    return Split(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64),
+                 list(classes), skipped)
+
+
+def hold_out(split: Split, fraction: float) -> tuple[Split, Split]:
+    """(rest, held out): `fraction` of each class, picked by a fixed permutation.
+
+    The permutation does not depend on the training seed, so `cnnlab evaluate` finds the same
+    held-out images later. Every class with 2+ images keeps at least one on each side.
+    """
+    gen = torch.Generator().manual_seed(20261124)
+    held = []
+    for c in range(len(split.classes)):
+        idx = (split.labels == c).nonzero().flatten()
+        k = min(len(idx) - 1, max(1, round(len(idx) * fraction))) if len(idx) >= 2 else 0
+        held.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
+    mask = torch.zeros(len(split), dtype=torch.bool)
+    mask[torch.cat(held)] = True
+    rest = replace(split, images=split.images[~mask], labels=split.labels[~mask])
+    out = replace(split, images=split.images[mask], labels=split.labels[mask], skipped=[])
+    return rest, out
+
+
+def load_folder(name: str, split: str, val_split: float = 0.0) -> Split:
+    """One split of `folder:PATH`, read and resized once per process."""
+    info = folder_info(name)
+    train_root, test_root = _folder_roots(name)
+    if test_root is None and not 0 < val_split < 1:
+        raise DataError(f"--dataset {name}: {train_root} has no train/ and test/ sub-folders; pass "
+                        f"--val-split FRACTION (e.g. 0.2) to hold out that share of each class for "
+                        f"validation and testing")
+    root = train_root if split == "train" or test_root is None else test_root
+    key = ("folder", str(root.resolve()), tuple(info.classes))
+    if key not in _CACHE:
+        _CACHE[key] = _read_tree(root, info.classes)
+    whole = _CACHE[key]
+    if test_root is not None:
+        return whole
+    rest, held = hold_out(whole, val_split)
+    return rest if split == "train" else held
+
+
+def skipped_warning(split: Split) -> str | None:
+    """The one warning line for unreadable images, or None when all were read."""
+    if not split.skipped:
+        return None
+    return (f"warning: skipped {len(split.skipped)} unreadable image(s), e.g. {split.skipped[0]}")

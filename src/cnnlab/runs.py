@@ -4,10 +4,12 @@ A run folder holds
   model.safetensors  weights only (safetensors: loading never unpickles anything)
   config.json        model name, dataset, classes, normalisation, recipe, seed, library versions
   metrics.jsonl      one JSON object per epoch
+  checkpoint.safetensors  everything needed to resume training (see save_checkpoint)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -25,6 +27,8 @@ from .models import build_model, get_spec
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_FORMAT = "cnnlab-checkpoint-1"
 
 
 def atomic_write(path: str | os.PathLike, content: bytes | str) -> None:
@@ -192,3 +196,101 @@ def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Trai
     device = torch.device(device)
     model.to(device).eval()
     return TrainedModel(model, config, run_dir, device)
+
+
+# --- Resumable checkpoints -----------------------------------------------------------------------
+# One safetensors file: every tensor (weights, optimiser moments, RNG states) as a tensor, and all
+# other state as JSON in the file's metadata, with a SHA-256 over both. Loading parses JSON and raw
+# tensor bytes only - never pickle - so a checkpoint from anywhere cannot run code, and a damaged
+# or edited one is caught by the checksum. One file means one atomic rename per checkpoint.
+
+def pack(obj, prefix: str, tensors: dict):
+    """Nested state (an optimiser or scheduler state_dict) -> JSON-able, moving tensors into `tensors`."""
+    from collections import Counter
+
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, Counter):  # MultiStepLR's milestones: a plain dict would break its lookups
+        return {"__counter__": [[pack(k, f"{prefix}/k", tensors), v] for k, v in obj.items()]}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {"__dict__": {k: pack(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}}
+        return {"__items__": [[k, pack(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [pack(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [pack(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix} in a checkpoint")
+
+
+def unpack(obj, tensors: dict):
+    """The inverse of pack."""
+    from collections import Counter
+
+    if isinstance(obj, list):
+        return [unpack(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    (tag, value), = obj.items()
+    if tag == "__tensor__":
+        return tensors[value]
+    if tag == "__counter__":
+        return Counter({unpack(k, tensors): v for k, v in value})
+    if tag == "__dict__":
+        return {k: unpack(v, tensors) for k, v in value.items()}
+    if tag == "__items__":
+        return {k: unpack(v, tensors) for k, v in value}
+    if tag == "__tuple__":
+        return tuple(unpack(v, tensors) for v in value)
+    raise ValueError(f"unknown tag {tag}")
+
+
+def _digest(tensors: dict, state_json: str) -> str:
+    h = hashlib.sha256(state_json.encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(path, tensors: dict, state: dict) -> None:
+    """Write tensors + JSON-able state as one checkpoint file, atomically."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    state_json = json.dumps(state)
+    metadata = {"format": CHECKPOINT_FORMAT, "state": state_json, "sha256": _digest(tensors, state_json)}
+    atomic_write(path, save(tensors, metadata=metadata))
+
+
+def load_checkpoint(path) -> tuple[dict, dict]:
+    """(tensors, state) of a checkpoint, verified; RunError with one line for anything wrong."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    fix = "restore it from a backup or start a new run"
+    if not path.is_file():
+        raise RunError(f"{path.parent} has no {path.name} to resume from; only runs trained by this "
+                       f"version of cnnlab can be resumed - start a new run")
+    raw = path.read_bytes()
+    try:
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + header_len])
+        metadata = header.get("__metadata__") or {}
+        tensors = load(raw)
+    except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError) as e:
+        detail = " ".join(str(e).split())[:120] or "unreadable header"
+        raise RunError(f"{path} is truncated or corrupt ({detail}); {fix}") from None
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise RunError(f"{path} is not a cnnlab checkpoint (format {metadata.get('format')!r}, "
+                       f"expected {CHECKPOINT_FORMAT!r}); {fix}")
+    state_json = metadata.get("state", "")
+    if _digest(tensors, state_json) != metadata.get("sha256"):
+        raise RunError(f"{path} fails its SHA-256 check: it was modified or damaged after it was "
+                       f"written; {fix}")
+    return tensors, json.loads(state_json)

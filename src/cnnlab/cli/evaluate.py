@@ -41,7 +41,8 @@ def run(args) -> int:
     for i in range(len(r["classes"])):
         cm.add_column(str(i), justify="right")
     for i, row in enumerate(r["confusion_matrix"]):
-        cm.add_row(f"{i} {r['classes'][i]}", *[f"[bold]{v}[/]" if j == i else (str(v) if v else ".")
+        name = r["classes"][i]
+        cm.add_row(name if name == str(i) else f"{i} {name}", *[f"[bold]{v}[/]" if j == i else (str(v) if v else ".")
                                                  for j, v in enumerate(row)])
     console.print(cm)
     return 0

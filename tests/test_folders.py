@@ -1,0 +1,99 @@
+"""`--dataset folder:PATH`: ImageFolder trees of any image size and mode, read into the usual split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab import data
+from cnnlab.errors import DataError
+
+NAMES = ["zero", "one", "two"]
+
+
+def write_digits(root, mnist, per_class: int, start: int = 0, classes=NAMES) -> dict:
+    """Save the first `per_class` MNIST digits 0..k-1 from `start` under root/<name>/, in mixed
+    formats: a third as 28x28 grayscale PNG, a third 64x64 RGB JPEG, a third 20x20 RGBA PNG.
+    Returns {name: [28x28 uint8 originals saved losslessly at native size]}."""
+    exact = {c: [] for c in classes}
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        idx = (mnist.labels[start:] == k).nonzero().flatten()[:per_class] + start
+        for j, i in enumerate(idx.tolist()):
+            img = Image.fromarray(mnist.images[i].numpy())
+            if j % 3 == 0:
+                img.save(root / name / f"{i}.png")
+                exact[name].append(mnist.images[i])
+            elif j % 3 == 1:
+                img.resize((64, 64)).convert("RGB").save(root / name / f"{i}.jpg")
+            else:
+                img.resize((20, 20)).convert("RGBA").save(root / name / f"{i}.png")
+    return exact
+
+
+@pytest.fixture(scope="module")
+def mnist(data_dir):
+    return data.load("mnist", "train", data_dir)
+
+
+def test_flat_folder_is_split_per_class_and_resized_to_28x28_gray(tmp_path, mnist):
+    exact = write_digits(tmp_path, mnist, per_class=10)
+    (tmp_path / "two" / "notes.txt").write_text("not an image, not counted")
+    (tmp_path / "one" / "broken.png").write_bytes(b"\x89PNG but truncated")
+    (tmp_path / "zero" / "empty.jpg").write_bytes(b"")
+    name = f"folder:{tmp_path}"
+    assert data.dataset_info(name).classes == ["one", "two", "zero"]  # sorted folder names
+    train = data.load(name, "train", val_split=0.2)
+    test = data.load(name, "test", val_split=0.2)
+    assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (28, 28)
+    assert torch.bincount(train.labels).tolist() == [8, 8, 8]
+    assert torch.bincount(test.labels).tolist() == [2, 2, 2]
+    assert len(train.skipped) == 2 and data.skipped_warning(train).startswith("warning: skipped 2 unreadable image(s)")
+    # Same 28x28 grayscale PNGs come back pixel for pixel, wherever the hold-out put them.
+    both = torch.cat([train.images, test.images])
+    for img in exact["one"]:
+        assert any(torch.equal(img, x) for x in both)
+    # The hold-out is fixed (evaluate must find the same test images later) and disjoint.
+    again = data.hold_out(data.Split(both, torch.cat([train.labels, test.labels]), train.classes), 0.2)[1]
+    assert len(again) == 6
+    flat = {x.numpy().tobytes() for x in train.images}
+    assert not any(x.numpy().tobytes() in flat for x in test.images)
+
+
+def test_train_and_test_subfolders_share_the_training_class_indices(tmp_path, mnist):
+    write_digits(tmp_path / "train", mnist, per_class=6)
+    write_digits(tmp_path / "test", mnist, per_class=3, start=30000, classes=["two", "zero"])  # no "one"
+    name = f"folder:{tmp_path}"
+    train, test = data.load(name, "train"), data.load(name, "test")
+    assert train.classes == test.classes == ["one", "two", "zero"]
+    assert torch.bincount(train.labels).tolist() == [6, 6, 6]
+    assert torch.bincount(test.labels, minlength=3).tolist() == [0, 3, 3]
+    # Colour and size are gone: every image is 28x28 gray with real ink (MNIST digits are bright).
+    assert test.images.shape == (6, 28, 28) and all(int(x.max()) > 100 for x in test.images)
+
+
+@pytest.mark.parametrize("layout, flags, message", [
+    ("flat", {}, "has no train/ and test/ sub-folders; pass --val-split FRACTION"),
+    ("one-class", {"val_split": 0.2}, "has 1 class sub-folder(s); a classifier needs at least 2"),
+    ("missing", {"val_split": 0.2}, "is not a folder"),
+    ("extra-test-class", {}, "has class folder(s) three that the training folder lacks"),
+    ("only-junk", {"val_split": 0.5}, "holds no readable images (2 unreadable)"),
+])
+def test_folder_problems_are_one_clear_line(tmp_path, mnist, layout, flags, message):
+    if layout == "flat":
+        write_digits(tmp_path, mnist, per_class=2)
+    elif layout == "one-class":
+        write_digits(tmp_path, mnist, per_class=2, classes=["zero"])
+    elif layout == "extra-test-class":
+        write_digits(tmp_path / "train", mnist, per_class=2)
+        write_digits(tmp_path / "test", mnist, per_class=2, classes=NAMES + ["three"])
+    elif layout == "only-junk":
+        for c in ("a", "b"):
+            (tmp_path / c).mkdir()
+            (tmp_path / c / "x.png").write_bytes(b"junk")
+    name = f"folder:{tmp_path / 'nope' if layout == 'missing' else tmp_path}"
+    with pytest.raises(DataError) as err:
+        data.load(name, "test", **flags)
+    assert message in str(err.value) and "\n" not in str(err.value)

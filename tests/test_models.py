@@ -1,0 +1,37 @@
+"""The model registry, output shapes and the lecture's parameter counts."""
+
+import pytest
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models import REGISTRY, build_model, count_parameters, get_spec
+
+
+def test_lecture_parameter_counts():
+    assert count_parameters(build_model("simple_cnn")) == 206_922
+    assert count_parameters(build_model("mlp")) == 669_706
+
+
+def test_simple_cnn_layers_are_the_lectures():
+    m = build_model("simple_cnn")
+    convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
+    linears = [l for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == \
+        [(1, 16, (3, 3), (1, 1)), (16, 32, (3, 3), (1, 1))]
+    assert [(l.in_features, l.out_features) for l in linears] == [(1568, 128), (128, 10)]
+    assert sum(isinstance(l, torch.nn.MaxPool2d) for l in m.modules()) == 2
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_registered_model_maps_a_batch_to_ten_logits(name):
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(3, 1, 28, 28))
+    assert out.shape == (3, 10)
+    assert torch.isfinite(out).all()
+
+
+def test_registry_rejects_unknown_names_with_the_choices():
+    with pytest.raises(CnnlabError, match="unknown model 'resnet'; choose one of: simple_cnn, mlp"):
+        get_spec("resnet")
