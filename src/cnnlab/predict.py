@@ -83,7 +83,7 @@ def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Im
                              f"WebP, ...)", "not_image") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise ImageError(f"{name} is truncated or corrupt ({' '.join(str(e).split())[:100]}); "
-                             f"export it again") from None
+                             f"copy or save the file again") from None
     if img.width == 0 or img.height == 0:
         raise ImageError(f"{name} has no pixels ({img.width}x{img.height})", "empty")
     return img

@@ -145,7 +145,7 @@ async def read_body(request: Request) -> bytes:
     """The whole body, refused with 413 as soon as it passes MAX_UPLOAD (never buffered beyond)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_UPLOAD:
-        raise RequestError(413, f"upload is {int(declared) / 1e6:.1f} MB, over the {MAX_UPLOAD / 2**20:.0f} MB "
+        raise RequestError(413, f"upload is {int(declared) / 2**20:.1f} MB, over the {MAX_UPLOAD / 2**20:.0f} MB "
                                 f"limit; send a smaller image")
     chunks, size = [], 0
     async for chunk in request.stream():
