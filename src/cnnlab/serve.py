@@ -49,25 +49,18 @@ class RequestError(Exception):
 
 # --- kernels for the playground ---------------------------------------------------------------
 
+PLAYGROUND_KERNELS = ["prewitt-x", "prewitt-y", "sobel-x", "sobel-y", "laplacian", "gaussian", "sharpen"]
+
+
 def named_kernels() -> dict[str, np.ndarray]:
-    """The lecture's hand-designed 3x3 kernels, by name."""
-    try:  # issue 3's kernel table, when it is there: one definition of each kernel
+    """The lecture's hand-designed 3x3 kernels, by name: the project's one kernel table."""
+    try:  # issue 3's cnnlab.kernels, when it is there
         from . import kernels as k
         return {name: np.asarray(k.get(name), np.float32) for name in PLAYGROUND_KERNELS}
-    except (ImportError, AttributeError, KeyError, CnnlabError):
-        return {name: np.asarray(v, np.float32) for name, v in _FALLBACK_KERNELS.items()}
-
-
-PLAYGROUND_KERNELS = ["prewitt-x", "prewitt-y", "sobel-x", "sobel-y", "laplacian", "gaussian", "sharpen"]
-_FALLBACK_KERNELS = {
-    "prewitt-x": [[-1, 0, 1], [-1, 0, 1], [-1, 0, 1]],
-    "prewitt-y": [[-1, -1, -1], [0, 0, 0], [1, 1, 1]],
-    "sobel-x": [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]],
-    "sobel-y": [[-1, -2, -1], [0, 0, 0], [1, 2, 1]],
-    "laplacian": [[0, 1, 0], [1, -4, 1], [0, 1, 0]],
-    "gaussian": [[1 / 16, 2 / 16, 1 / 16], [2 / 16, 4 / 16, 2 / 16], [1 / 16, 2 / 16, 1 / 16]],
-    "sharpen": [[0, -1, 0], [-1, 5, -1], [0, -1, 0]],
-}
+    except (ImportError, AttributeError, KeyError, TypeError, CnnlabError):
+        from .visualize import hand_kernels
+        table = hand_kernels(3)
+        return {name: np.asarray(table[name], np.float32) for name in PLAYGROUND_KERNELS}
 
 
 def parse_kernel(value) -> tuple[str, np.ndarray]:
@@ -110,25 +103,16 @@ def conv_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Conv2d]]:
 
 def feature_maps(clf: Classifier, image_u8: np.ndarray, layers: int = 2) -> list[dict]:
     """ReLU of the first `layers` conv layers' outputs for one 28x28 image, as compact uint8 grids."""
+    from .visualize import trace
+
     if clf.trained is None:
         return []
-    found = conv_layers(clf.trained.model)[:layers]
-    captured: dict = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: captured.__setitem__(name, out.detach()))
-             for name, m in found]
-    try:
-        with clf.lock:  # hooks live on the shared model: one forward pass at a time
-            x = clf.trained.preprocess(torch.from_numpy(image_u8[None].copy()))
-            with torch.no_grad():
-                clf.trained.model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    out = []
-    for i, (name, _) in enumerate(found):
-        maps = F.relu(captured[name][0]).cpu().numpy()
-        out.append({"layer": f"conv{i + 1}", "module": name, **_encode(maps)})
-    return out
+    x = clf.trained.preprocess(torch.from_numpy(image_u8[None].copy()))
+    with clf.lock:  # trace hooks into the shared model: one forward pass at a time
+        _, outputs = trace(clf.trained.model, x)
+    convs = [o for o in outputs if o.kind == "conv"][:layers]
+    return [{"layer": f"conv{i + 1}", "module": o.name, **_encode(F.relu(o.output).numpy())}
+            for i, o in enumerate(convs)]
 
 
 def _encode(maps: np.ndarray) -> dict:

@@ -12,7 +12,7 @@ import json
 import sys
 
 # Order here is the order in `cnnlab --help`.
-COMMANDS = ["train", "evaluate", "predict", "export", "serve"]
+COMMANDS = ["train", "evaluate", "visualize", "report", "predict", "export", "serve"]
 
 
 class Parser(argparse.ArgumentParser):
