@@ -115,8 +115,10 @@ def test_draw_in_real_browser(server, tmp_path):
             page.mouse.move(box["x"] + x, box["y"] + y, steps=8)
         page.mouse.up()
 
-        page.wait_for_function("document.querySelector('#prediction').textContent.trim() !== '–'")
-        page.wait_for_selector("#fm2 canvas")
+        # Live answers arrive while drawing; wait for the ones about the finished drawing.
+        page.wait_for_function("""() => { const v = document.querySelector('#pad').dataset.version;
+            return v && document.querySelector('#prediction').dataset.version === v
+                && document.querySelector('#fm1').dataset.version === v; }""")
         prediction = page.locator("#prediction").inner_text().strip()
         probs = [float(v) for v in page.eval_on_selector_all("#bars .bar", "els => els.map(e => e.dataset.prob)")]
         shown = [float(t.rstrip("%")) for t in page.locator("#bars .bar .pct").all_inner_texts()]

@@ -8,6 +8,8 @@ let classes = [];
 let drawn = false;        // anything on the pad?
 let inFlight = false;     // one prediction request at a time ...
 let again = false;        // ... and one more if the drawing changed meanwhile
+let version = 0;          // strokes drawn so far: answers say which drawing they describe
+let kernelSeq = 0;        // only the latest playground answer is shown
 
 // ---- drawing (pointer events cover mouse, pen and touch) ------------------------------------
 function clearPad() {
@@ -60,6 +62,7 @@ function stroke(a, b) {
   ctx.lineTo(b[0], b[1]);
   ctx.stroke();
   drawn = true;
+  pad.dataset.version = ++version;
 }
 
 $("clear").addEventListener("click", clearPad);
@@ -69,8 +72,9 @@ const padBlob = () => new Promise((resolve) => pad.toBlob(resolve, "image/png"))
 
 async function requestPrediction(withFeatures) {
   if (!drawn) return;
-  if (inFlight) { again = again || true; return; }
+  if (inFlight) { again = true; return; }
   inFlight = true;
+  const v = version;
   try {
     const form = new FormData();
     form.append("file", await padBlob(), "drawing.png");
@@ -80,8 +84,10 @@ async function requestPrediction(withFeatures) {
       $("status").textContent = body.error || res.statusText;
     } else if (drawn) {
       showPrediction(body);
+      $("prediction").dataset.version = v;
       if (withFeatures) {
         showFeatures(body.features || []);
+        $("fm1").dataset.version = v;
         if (sourceIsDrawing()) applyKernel();
       }
     }
@@ -203,8 +209,10 @@ async function applyKernel() {
   const form = new FormData();
   form.append("file", file, file.name || "drawing.png");
   form.append("kernel", kernel);
+  const seq = ++kernelSeq;
   const res = await fetch("/api/kernel", { method: "POST", body: form });
   const r = await res.json();
+  if (seq !== kernelSeq) return;  // a newer request is on its way
   if (!res.ok) { status.textContent = r.error; status.className = "error"; return; }
   status.className = "muted";
   status.textContent = `${r.kernel_name} kernel applied to a ${r.input[0].length}×${r.input.length} image`;
