@@ -97,7 +97,7 @@ def test_feature_maps_and_filters(client, quick_run, mnist_test):
     assert np.allclose(f["filters"], trained.model.features[0].weight.detach().numpy(), atol=1e-5)
 
 
-def test_kernel_playground(client):
+def test_kernel_playground(client, tmp_path):
     img = np.zeros((5, 5))
     img[:, 2:] = 255  # a vertical edge, dark to bright
     r = client.post("/api/kernel", json={"image": img.tolist(), "kernel": "sobel-x"}).json()
@@ -111,6 +111,13 @@ def test_kernel_playground(client):
     assert np.array(r["input"]).shape == (160, 120)  # uploads are shrunk for the playground
     assert client.post("/api/kernel", json={"image": img.tolist(), "kernel": "1 2; 3 4"}).status_code == 422
     assert client.post("/api/kernel", json={"image": img.tolist(), "kernel": "blur-ish"}).status_code == 422
+    # A kernel "matrix" naming a file on the server is refused without reading the file.
+    secret = tmp_path / "secret.txt"
+    secret.write_text("1 2 3; 4 5 6; 7 8 9")
+    r = client.post("/api/kernel", json={"image": img.tolist(), "kernel": str(secret)})
+    assert r.status_code == 422 and "neither a name" in r.json()["error"]
+    g = client.post("/api/kernel", json={"image": img.tolist(), "kernel": "gaussian"}).json()
+    assert np.array(g["kernel"]).shape == (5, 5) and abs(np.sum(g["kernel"]) - 1) < 1e-5
 
 
 @pytest.mark.parametrize("kwargs, status, words", [

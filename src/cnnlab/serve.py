@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from . import __version__
+from . import __version__, conv, kernels
 from .errors import CnnlabError
 from .predict import Classifier, ImageError, load_classifier, open_image, predict_images, to_mnist
 
@@ -49,50 +50,40 @@ class RequestError(Exception):
 
 # --- kernels for the playground ---------------------------------------------------------------
 
-PLAYGROUND_KERNELS = ["prewitt-x", "prewitt-y", "sobel-x", "sobel-y", "laplacian", "gaussian", "sharpen"]
-
-
 def named_kernels() -> dict[str, np.ndarray]:
-    """The lecture's hand-designed 3x3 kernels, by name: the project's one kernel table."""
-    try:  # issue 3's cnnlab.kernels, when it is there
-        from . import kernels as k
-        return {name: np.asarray(k.get(name), np.float32) for name in PLAYGROUND_KERNELS}
-    except (ImportError, AttributeError, KeyError, TypeError, CnnlabError):
-        from .visualize import hand_kernels
-        table = hand_kernels(3)
-        return {name: np.asarray(table[name], np.float32) for name in PLAYGROUND_KERNELS}
+    """Every hand-designed kernel of cnnlab.kernels (Gaussian at its default 5x5), by name."""
+    return {name: kernels.get(name).astype(np.float32) for name in kernels.NAMED}
+
+
+# A typed kernel may only hold numbers and separators: conv.parse_matrix would read a file whose
+# name it is given, and a web request must never make the server open its own files.
+_MATRIX_TEXT = re.compile(r"[0-9eE+\-.,;\s]+")
 
 
 def parse_kernel(value) -> tuple[str, np.ndarray]:
     """A kernel name, or a square matrix with odd side (JSON list or text rows "a b c; d e f; ...")."""
-    table = named_kernels()
-    if isinstance(value, str) and value.strip().lower() in table:
-        return value.strip().lower(), table[value.strip().lower()]
+    if isinstance(value, str) and value.strip().lower() in kernels.NAMED:
+        name = value.strip().lower()
+        return name, kernels.get(name).astype(np.float32)
     if isinstance(value, str):
-        text = value.strip()
+        if not _MATRIX_TEXT.fullmatch(value.strip() or "x"):
+            raise RequestError(422, f"kernel '{value[:40]}' is neither a name ({', '.join(kernels.NAMED)}) nor "
+                                    f"a matrix like '0 -1 0; -1 5 -1; 0 -1 0'")
         try:
-            value = json.loads(text) if text.startswith("[") else [
-                [float(v) for v in row.replace(",", " ").split()] for row in text.split(";") if row.strip()]
-        except ValueError:
-            raise RequestError(422, f"kernel '{value[:40]}' is neither a name ({', '.join(table)}) nor a "
-                                    f"matrix like '0 -1 0; -1 5 -1; 0 -1 0'") from None
-    try:
-        k = np.asarray(value, np.float64)
-    except (ValueError, TypeError):
-        raise RequestError(422, "kernel must be a square matrix of numbers with an odd side (3x3, 5x5, 7x7)") from None
+            k = conv.parse_matrix(value.strip(), "kernel")
+        except CnnlabError as e:
+            raise RequestError(422, str(e)) from None
+    else:
+        try:
+            k = np.asarray(value, np.float64)
+        except (ValueError, TypeError):
+            raise RequestError(422, "kernel must be a square matrix of numbers with an odd side (3x3, 5x5, 7x7)") from None
     if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0 or not 1 <= k.shape[0] <= 7:
         raise RequestError(422, f"kernel has shape {list(k.shape)}; it must be square with an odd side "
                                 f"from 1 to 7 (e.g. 3x3)")
     if not np.isfinite(k).all():
         raise RequestError(422, "kernel values must be finite numbers")
     return "custom", k.astype(np.float32)
-
-
-def apply_kernel(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Cross-correlate (what a conv layer computes) with zero padding: output size = input size."""
-    x = torch.from_numpy(image.astype(np.float32))[None, None]
-    k = torch.from_numpy(kernel)[None, None]
-    return F.conv2d(x, k, padding=kernel.shape[0] // 2)[0, 0].numpy()
 
 
 # --- inside the network -----------------------------------------------------------------------
@@ -283,11 +274,10 @@ def create_app(model: str | Path | Classifier) -> FastAPI:
                     pil = open_image(payload, name="upload")
                 except ImageError as e:
                     raise _image_error(e) from None
-                pil = pil.convert("L")
-                pil.thumbnail((PLAYGROUND_SIZE, PLAYGROUND_SIZE))
-                img = np.asarray(pil, np.float32)
+                pixels = kernels.downscale(kernels.to_gray(np.asarray(pil.convert("L"))), PLAYGROUND_SIZE)
+                img = pixels * 255.0
             name, k = parse_kernel(fields.get("kernel", "sobel-x"))
-            out = apply_kernel(img / 255.0, k)
+            out = kernels.apply(img / 255.0, k)
             return {"kernel_name": name, "kernel": k.tolist(), "input": np.round(img).astype(int).tolist(),
                     "output": np.round(out, 4).tolist(), "min": float(out.min()), "max": float(out.max())}
 
