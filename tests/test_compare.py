@@ -1,7 +1,6 @@
 """cnnlab compare: the same training for every model, measured; the tables agree with the runs."""
 
 import csv
-import io
 import json
 
 import pytest

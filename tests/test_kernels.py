@@ -94,3 +94,13 @@ def test_default_gallery_digits_and_photos(tmp_path, data_dir, capsys):
     assert names == ["MNIST test #0 (a 7)", "MNIST test #1 (a 2)", "skimage camera", "skimage coins", "skimage astronaut"]
     with Image.open(out) as im:
         assert im.size[1] > 400  # five rows
+
+
+def test_kernel_from_a_file_becomes_a_gallery_column(tmp_path, capsys):
+    f = tmp_path / "ridge.txt"
+    f.write_text("0 -1 0\n-1 4 -1\n0 -1 0\n")
+    img = tmp_path / "digit.png"
+    Image.fromarray(np.kron(np.eye(4), np.ones((7, 7))).astype("uint8") * 255).save(img)
+    code, out, err = run_main(capsys, "kernels", f, "--image", img, "--out", tmp_path / "g.png", "--json")
+    assert code == 0, err
+    assert json.loads(out)["columns"][-1] == "ridge"

@@ -58,8 +58,8 @@ def test_invariance_pooled_versus_no_pool(quick_run, data_dir, tmp_path, capsys)
     from cnnlab.evaluate import accuracy
 
     plot = tmp_path / "inv.png"
-    # The baseline no_pool_cnn is trained here with quick_run's recipe on its first 2,000 images.
-    code, out, err = run_main(capsys, "pool", "--invariance", quick_run.run_dir, "--limit-train", "2000",
+    # The baseline no_pool_cnn is trained here with quick_run's recipe on its first 1,500 images.
+    code, out, err = run_main(capsys, "pool", "--invariance", quick_run.run_dir, "--limit-train", "1500",
                               "--limit", "500", "--out", plot, "--data-dir", data_dir, "--json")
     assert code == 0, err
     result = json.loads(out)
@@ -78,3 +78,14 @@ def test_invariance_pooled_versus_no_pool(quick_run, data_dir, tmp_path, capsys)
     from PIL import Image
     with Image.open(plot) as im:
         assert im.size[0] > im.size[1] > 100  # two panels side by side
+
+
+def test_invariance_needs_a_convolutional_run(tmp_path, data_dir, capsys):
+    import cnnlab
+
+    mlp = cnnlab.train(model="mlp", epochs=1, limit_train=200, limit_test=100, data_dir=data_dir,
+                       out=tmp_path / "mlp", progress=False, log=None)
+    code, _, err = run_main(capsys, "pool", "--invariance", mlp.run_dir, "--data-dir", data_dir)
+    assert code == 2 and "model 'mlp' has no .features block" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_main(capsys, "pool", "--invariance", tmp_path / "nothing")
+    assert code == 2 and "does not exist" in err

@@ -38,7 +38,6 @@ NAMED = {
 GALLERY_COLUMNS = [("Prewitt X", "prewitt-x"), ("Prewitt Y", "prewitt-y"), ("Sobel X", "sobel-x"),
                    ("Sobel Y", "sobel-y"), ("Laplacian", "laplacian"), ("Gaussian Blur", "gaussian"),
                    ("Sharpening", "sharpen")]
-EDGE_KERNELS = {"prewitt-x", "prewitt-y", "sobel-x", "sobel-y", "laplacian", "emboss"}
 MAX_SIDE = 256  # larger images are downscaled so the figure stays small and quick
 
 
@@ -178,8 +177,9 @@ def gallery(pictures: list[Picture], out, extra: list[tuple[str, np.ndarray]] = 
             size: int | None = None, sigma: float = 1.0, errors=()) -> Gallery:
     """Draw Original + the lecture's seven kernels (+ extra (title, kernel) columns) for each picture.
 
-    Edge maps are signed: mid-gray is 0, white positive, black negative, scaled to the 99th
-    percentile of |response| (printed under each panel) so one bright pixel does not wash out the rest.
+    Kernels whose weights sum to 0 (edge detectors) give signed maps: mid-gray is 0, white positive,
+    black negative, scaled to the 99th percentile of |response| (printed under each panel) so one
+    bright pixel does not wash out the rest. Other kernels keep brightness and are shown on 0..1.
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -195,8 +195,9 @@ def gallery(pictures: list[Picture], out, extra: list[tuple[str, np.ndarray]] = 
         raise CnnlabError(f"--out {out}: folder {out.parent} does not exist; create it first")
     if not pictures:
         raise CnnlabError("no images to draw; pass --image with at least one readable image")
-    columns = [(title, get(name, size, sigma), name in EDGE_KERNELS) for title, name in GALLERY_COLUMNS]
-    columns += [(title, np.asarray(k, dtype=np.float64), True) for title, k in extra]
+    columns = [(title, get(name, size, sigma)) for title, name in GALLERY_COLUMNS]
+    columns += [(title, np.asarray(k, dtype=np.float64)) for title, k in extra]
+    columns = [(title, k, abs(k.sum()) < 1e-9) for title, k in columns]
 
     n_cols = len(columns) + 1
     fig, axes = plt.subplots(len(pictures), n_cols, figsize=(1.25 * n_cols, 1.45 * len(pictures)),

@@ -87,12 +87,16 @@ def shift_images(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     return out
 
 
+def check_has_features(trained) -> None:
+    if not hasattr(trained.model, "features"):
+        raise CnnlabError(f"model '{trained.name}' has no .features block (convolutions and pooling) to measure; "
+                          f"use a run of a convolutional model such as simple_cnn")
+
+
 @torch.no_grad()
 def _features_and_predictions(trained, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     model = trained.model
-    if not hasattr(model, "features"):
-        raise CnnlabError(f"model '{trained.name}' has no .features block to measure; use a convolutional "
-                          f"model such as simple_cnn")
+    check_has_features(trained)
     feats, preds = [], []
     for i in range(0, len(images), 1000):
         x = trained.preprocess(images[i:i + 1000])

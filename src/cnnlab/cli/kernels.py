@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
 
 def parse_kernels(texts: list, size, sigma) -> list[tuple[str, object]]:
     """Each KERNEL as (title, matrix): a name, a matrix, or TITLE=matrix."""
+    from pathlib import Path
+
     from .. import kernels
     from ..conv import parse_matrix
 
@@ -43,6 +45,8 @@ def parse_kernels(texts: list, size, sigma) -> list[tuple[str, object]]:
         elif "=" in text:
             title, matrix = text.split("=", 1)
             out.append((title.strip() or f"custom {i}", parse_matrix(matrix, f"kernel '{title.strip()}'")))
+        elif Path(text).is_file():
+            out.append((Path(text).stem, parse_matrix(text, "kernel")))
         elif any(ch.isdigit() for ch in text):
             out.append((f"custom {i}", parse_matrix(text, "kernel")))
         else:

@@ -82,12 +82,14 @@ def _invariance(args) -> int:
 
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     pooled = load(args.invariance)
+    pool.check_has_features(pooled)  # before any baseline is trained
     out = Path(args.out) if args.out else Path(args.invariance) / "invariance.png"
     if not out.parent.is_dir():
         from ..errors import CnnlabError
         raise CnnlabError(f"--out {out}: folder {out.parent} does not exist; create it first")
     if args.baseline:
         baseline = load(args.baseline)
+        pool.check_has_features(baseline)
     else:
         log(f"training no_pool_cnn with {pooled.name}'s recipe for comparison (pass --baseline RUN_DIR to reuse one)")
         baseline = pool.baseline_for(pooled.config, data_dir=args.data_dir, log=log, limit_train=args.limit_train)
