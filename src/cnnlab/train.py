@@ -237,7 +237,9 @@ def _start_processes(cfg: TrainConfig) -> _Processes:
 
 class _StopRequest:
     """SIGINT / SIGTERM while training: remember it so the loop can finish its step, checkpoint
-    and leave. A second signal stops at once (the last checkpoint stays intact: writes are atomic)."""
+    and leave. The same signal again stops at once (the last checkpoint stays intact: writes are
+    atomic). A different one is not a repeat: on Ctrl-C, torchrun's workers get SIGINT from the
+    terminal and SIGTERM from torchrun at the same moment."""
 
     def __init__(self):
         self.signum = None
@@ -250,9 +252,9 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.signum is not None:
+        if self.signum == signum:
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum = self.signum or signum
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
