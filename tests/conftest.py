@@ -41,3 +41,22 @@ def quick_run(data_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "quick"
     return cnnlab.train(data_dir=data_dir, out=out, progress=False, log=None, **QUICK)
+
+
+# Debian's Chromium (apt-get install chromium), driven by Playwright for Python; the flags keep it
+# from phoning home so a test can assert that a page makes no network request of its own.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session's browser tests (open pages with browser.new_page())."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} not found; install Debian's chromium (apt-get install -y chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

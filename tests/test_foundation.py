@@ -89,7 +89,8 @@ def test_train_cli_json_reports_epochs_and_run_dir(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["run_dir"] == str(out)
-    assert [sorted(e) for e in result["epochs"]] == [["epoch", "images_per_second", "mean_loss", "seconds", "test_accuracy"]] * 2
+    assert [sorted(e) for e in result["epochs"]] == [["epoch", "images_per_second", "mean_loss", "seconds", "test_accuracy",
+                                                       "val_accuracy"]] * 2
     assert 0.5 < result["test_accuracy"] <= 1.0
     assert result["epochs"][1]["mean_loss"] < result["epochs"][0]["mean_loss"]
     assert len(runs.read_metrics(out)) == 2

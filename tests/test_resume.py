@@ -85,10 +85,11 @@ class SignalAfterEpoch:
             signal.raise_signal(signal.SIGINT)
 
 
-@pytest.mark.parametrize("schedule, optimizer", [("cosine", "sgd"), ("step", "adamw"), ("onecycle", "adam")])
-def test_each_schedule_resumes_exactly_at_an_epoch_boundary(tmp_path, data_dir, schedule, optimizer):
+@pytest.mark.parametrize("schedule, optimizer, augment", [("cosine", "sgd", "none"), ("step", "adamw", "translate"),
+                                                       ("onecycle", "adam", "elastic")])
+def test_each_schedule_resumes_exactly_at_an_epoch_boundary(tmp_path, data_dir, schedule, optimizer, augment):
     settings = dict(limit_train=1000, limit_test=200, epochs=4, batch_size=50, schedule=schedule,
-                    optimizer=optimizer, lr=0.01, seed=1, threads=1)
+                    optimizer=optimizer, augment=augment, lr=0.01, seed=1, threads=1)
     straight = cnnlab.train(data_dir=data_dir, out=tmp_path / "a", progress=False, log=None, **settings)
     with pytest.raises(Interrupted) as stop:
         cnnlab.train(data_dir=data_dir, out=tmp_path / "b", progress=False, log=SignalAfterEpoch(2), **settings)

@@ -85,3 +85,53 @@ class MLP(nn.Module):
 
 register("simple_cnn", "the lecture's CNN: conv16-pool-conv32-pool-fc128-fc10 (206,922 parameters)")(SimpleCNN)
 register("mlp", "the lecture's fully connected baseline 784-512-512-10 (669,706 parameters)", conv=False)(MLP)
+
+
+def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    # No conv bias: the BatchNorm right after it has its own shift.
+    return [nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class FastCNN(nn.Module):
+    """The `fast` recipe's network: simple_cnn's shape with BatchNorm and a third small conv.
+
+    BatchNorm lets a high one-cycle learning rate converge in a single epoch; the third conv runs
+    on 7x7 maps where it is cheap. About 3.8 MFLOP per image forward (simple_cnn: 2.5).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_bn(in_channels, 16), nn.MaxPool2d(2),   # 28 -> 14
+            *_conv_bn(16, 32), nn.MaxPool2d(2),            # 14 -> 7
+            *_conv_bn(32, 64),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class BestCNN(nn.Module):
+    """The `best` recipe's network: four BatchNorm convs (32-64-64-128), global pooling, dropout.
+
+    About 29 MFLOP per image forward, ~12x simple_cnn: sized so 15 augmented epochs fit in 15
+    minutes on 2 CPU cores with bf16.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_bn(in_channels, 32), nn.MaxPool2d(2),   # 28 -> 14
+            *_conv_bn(32, 64), *_conv_bn(64, 64), nn.MaxPool2d(2),  # 14 -> 7
+            *_conv_bn(64, 128),
+        )
+        self.classifier = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(0.2),
+                                        nn.Linear(128, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+register("fast_cnn", "the fast recipe's CNN: simple_cnn + BatchNorm + a conv64 at 7x7 (cheap, 1-epoch 99%)")(FastCNN)
+register("best_cnn", "the best recipe's CNN: BatchNorm convs 32-64-64-128, global max pool, dropout")(BestCNN)

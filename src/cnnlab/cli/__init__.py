@@ -12,7 +12,7 @@ import json
 import sys
 
 # Order here is the order in `cnnlab --help`.
-COMMANDS = ["train", "evaluate"]
+COMMANDS = ["train", "evaluate", "visualize", "report"]
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,0 +1,74 @@
+"""cnnlab visualize: PNG figures of what a trained run learned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import add_json_flag, positive_int, print_json
+
+
+def index_list(text: str) -> list[int]:
+    import argparse
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected test image numbers separated by commas, got '{text}'") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one test image number")
+    return values
+
+
+def add_common(p) -> None:
+    """Options shared with `cnnlab report`, which draws the same figures."""
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'cnnlab train'")
+    p.add_argument("--index", type=int, default=0, metavar="N",
+                   help="test image whose feature maps are drawn (default 0)")
+    p.add_argument("--image", default=None, metavar="PATH",
+                   help="draw the feature maps (and saliency) of your own image file instead")
+    p.add_argument("--explain", type=index_list, default=None, metavar="I,J,...",
+                   help="test images for saliency and Grad-CAM (default: --index and the 3 most confident mistakes)")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="use the first N test images for the confusion matrix and the mistakes (default: all)")
+    p.add_argument("--mistakes", type=positive_int, default=16, metavar="N",
+                   help="how many confident mistakes to draw (default 16)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default $CNNLAB_DATA_DIR, else ./data)")
+    add_json_flag(p)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("visualize", help="draw filters, feature maps, curves, mistakes and saliency as PNGs",
+                       description="Draw what a trained run learned: first-layer filters beside the closest "
+                                   "hand-designed kernels, feature maps, training curves, the confusion matrix, "
+                                   "the most confident mistakes, saliency and Grad-CAM.")
+    add_common(p)
+    p.add_argument("--out", default=None, metavar="DIR", help="folder for the PNG files (default RUN_DIR/figures)")
+    p.set_defaults(func=run)
+
+
+def render_args(args):
+    from ..visualize import render
+
+    return render(args.run_dir, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
+                  mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json)
+
+
+def run(args) -> int:
+    from ..visualize import write
+
+    v = render_args(args)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "figures"
+    paths = write(v, out)
+    if args.json:
+        print_json(v.to_json(paths))
+        return 0
+    print(f"{v.model} on {v.dataset}: accuracy {v.summary['accuracy']:.2%} on {v.summary['test_images']:,} test "
+          f"images, {v.summary['misclassified']:,} misclassified")
+    if "mean_filter_similarity" in v.summary:
+        print(f"first-layer filters: {len(v.summary['filters'])}, mean |cosine| with the closest hand-designed "
+              f"kernel {v.summary['mean_filter_similarity']:.2f}")
+    for f in v.figures:
+        print(f"  wrote {paths[f.name]}  ({f.title})")
+    for na in v.not_applicable:
+        print(f"  not drawn: {na['figure']} - {na['reason']}")
+    return 0

@@ -1,0 +1,102 @@
+"""The training engine's recipes, precision and --target-accuracy (issue 5). Correctness only;
+speed is measured by benchmarks/time_to_accuracy.py, never asserted here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import asdict
+
+import pytest
+
+import cnnlab
+from cnnlab import recipes
+from cnnlab.train import TrainConfig
+
+from conftest import ROOT, run_cli
+
+
+def _lecture_code():
+    spec = importlib.util.spec_from_file_location("lecture_code", ROOT / "benchmarks" / "lecture_code.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lecture_recipe_is_the_default_and_the_lectures_numbers():
+    lecture = recipes.config("lecture")
+    default = TrainConfig()
+    assert {k: v for k, v in asdict(lecture).items()} == asdict(default)
+    assert (lecture.model, lecture.batch_size, lecture.optimizer, lecture.lr, lecture.epochs) == \
+        ("simple_cnn", 64, "adam", 1e-3, 2)
+    assert lecture.augment == "none" and lecture.schedule == "constant" and lecture.label_smoothing == 0
+
+
+def test_engine_lecture_recipe_matches_torchvision_dataloader_path(data_dir):
+    # Same recipe, same subset, two seeds each: the engine's batched uint8 pipeline (bf16 where
+    # native) must land in the same accuracy band as the lecture's DataLoader + ToTensor code.
+    lecture_code = _lecture_code()
+    subset = dict(limit_train=4000, limit_test=2000)
+    ref = [lecture_code.run(str(data_dir), epochs=1, seed=s, verbose=False, **subset) for s in (0, 1)]
+    eng = [cnnlab.train(recipes.config("lecture", epochs=1, seed=s, **subset), data_dir=data_dir, save=False,
+                        progress=False, log=None).test_accuracy for s in (0, 1)]
+    assert min(ref) > 0.8 and min(eng) > 0.8, (ref, eng)
+    assert abs(sum(ref) / 2 - sum(eng) / 2) < 0.025, (ref, eng)
+
+
+def test_target_accuracy_stops_once_met(data_dir, tmp_path):
+    cfg = recipes.config("fast", limit_train=6000, limit_test=1000, epochs=3, target_accuracy=0.9, eval_every=5)
+    result = cnnlab.train(cfg, data_dir=data_dir, out=tmp_path / "run", progress=False, log=None)
+    assert result.target_seconds is not None and result.target_seconds <= result.train_seconds
+    assert result.test_accuracy >= 0.9
+    # It stopped early: in the first epoch, after a multiple of 5 steps, not after 3 full epochs.
+    assert len(result.epochs) == 1
+    assert result.target_images < 6000 and result.target_images % (5 * 128) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["test_accuracy"] >= 0.9
+    assert result.to_json()["target_reached"] is True
+
+
+def test_target_accuracy_not_reached_runs_all_epochs(data_dir):
+    cfg = recipes.config("fast", limit_train=1000, limit_test=500, epochs=2, target_accuracy=1.0)
+    result = cnnlab.train(cfg, data_dir=data_dir, save=False, progress=False, log=None)
+    assert len(result.epochs) == 2 and result.target_seconds is None
+    assert result.to_json()["target_reached"] is False
+
+
+def test_cli_recipe_with_override_and_target(data_dir, tmp_path):
+    out = tmp_path / "fast"
+    r = run_cli("train", "--recipe", "fast", "--epochs", "2", "--limit-train", "3000", "--limit-test", "1000",
+                "--target-accuracy", "0.85", "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["recipe"] == "fast" and report["model"] == "fast_cnn"
+    assert report["target_reached"] is True and report["test_accuracy"] >= 0.85
+    saved = json.loads((out / "config.json").read_text())["recipe"]
+    assert saved["recipe"] == "fast" and saved["epochs"] == 2 and saved["batch_size"] == 128
+    assert "reached 85.00% test accuracy after" in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--recipe", "fastest"], "invalid choice: 'fastest'"),
+    (["--target-accuracy", "99"], "not a percentage"),
+    (["--precision", "fp8"], "invalid choice: 'fp8'"),
+    (["--augment", "blur"], "invalid choice: 'blur'"),
+])
+def test_cli_bad_engine_flags_are_one_line_errors(args, message, tmp_path):
+    r = run_cli("train", *args, "--out", tmp_path / "never")
+    assert r.returncode == 2
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_precision_and_layout_are_recorded_and_fp32_still_trains(data_dir, tmp_path):
+    result = cnnlab.train(recipes.config("lecture", epochs=1, limit_train=2000, limit_test=500, precision="fp32",
+                                         channels_last=False), data_dir=data_dir, out=tmp_path / "r",
+                          progress=False, log=None)
+    assert result.precision == "fp32" and result.test_accuracy > 0.7
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["recipe"]
+    assert saved["precision"] == "fp32" and saved["channels_last"] is False
+    # The saved weights load back into an ordinary (NCHW, fp32) model with the same accuracy.
+    from cnnlab.evaluate import evaluate
+    assert evaluate(tmp_path / "r", data_dir=data_dir, limit=500)["accuracy"] == pytest.approx(result.test_accuracy)
