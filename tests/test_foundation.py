@@ -4,6 +4,7 @@ can meet gets one line and exit status 2."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -33,6 +34,10 @@ def test_run_folder_holds_weights_config_and_metrics(quick_run):
     assert config["versions"]["torch"] == torch.__version__
     rows = runs.read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == [1]
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ("config.json", "metrics.jsonl", "model.safetensors"):  # as readable as any file the user writes
+        assert (run_dir / f).stat().st_mode & 0o777 == 0o666 & ~umask
     assert rows[0]["test_accuracy"] == pytest.approx(quick_run.test_accuracy)
     assert rows[0]["mean_loss"] == pytest.approx(quick_run.epochs[0].mean_loss)
 

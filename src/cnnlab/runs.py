@@ -31,6 +31,10 @@ CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = "cnnlab-checkpoint-1"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, content: bytes | str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over the target.
 
@@ -45,6 +49,8 @@ def atomic_write(path: str | os.PathLike, content: bytes | str) -> None:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the mode an ordinary open() would (0666 - umask).
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure as MplFigure
 from torch import nn
 
 from . import data as data_mod
-from . import runs
+from . import kernels, runs
 from .errors import CnnlabError
 from .evaluate import metrics_from_predictions, predict_logits
 
@@ -120,38 +120,39 @@ def first_linear(model: nn.Module, x: torch.Tensor) -> nn.Linear | None:
     found = []
     handles = [m.register_forward_hook(lambda mod, i, o: found.append(mod))
                for m in model.modules() if isinstance(m, nn.Linear)]
-    with torch.no_grad():
-        model.eval()
-        model(x)
-    for h in handles:
-        h.remove()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
     return found[0] if found else None
 
 
 # --- hand-designed kernels and cosine similarity -----------------------------------------------
 
 def hand_kernels(size: int) -> dict[str, np.ndarray]:
-    """The lecture's classic kernels at size x size (3x3 ones centred in a zero border)."""
-    base = {
-        "prewitt-x": [[-1, 0, 1], [-1, 0, 1], [-1, 0, 1]],
-        "prewitt-y": [[-1, -1, -1], [0, 0, 0], [1, 1, 1]],
-        "sobel-x": [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]],
-        "sobel-y": [[-1, -2, -1], [0, 0, 0], [1, 2, 1]],
-        "laplacian": [[0, 1, 0], [1, -4, 1], [0, 1, 0]],
-        "sharpen": [[0, -1, 0], [-1, 5, -1], [0, -1, 0]],
-        "emboss": [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]],
-        "identity": [[0, 0, 0], [0, 1, 0], [0, 0, 0]],
-    }
+    """cnnlab.kernels' named kernels at size x size, to compare with learned filters of that size.
+
+    Kernels with a size option (Gaussian, box blur) are built at that size; the fixed 3x3 ones are
+    the same operator centred in a zero border. A kernel that cannot be made at the size (a
+    Gaussian needs an odd side) is left out.
+    """
     out = {}
-    lo = (size - 3) // 2
-    for name, k in base.items():
+    for name, fixed in kernels.NAMED.items():
+        if fixed is None:
+            try:
+                out[name] = kernels.get(name, size=size)
+            except CnnlabError:
+                continue
+            continue
+        k = kernels.get(name)
+        if k.shape[0] > size or k.shape[1] > size:
+            continue
         big = np.zeros((size, size))
-        big[lo:lo + 3, lo:lo + 3] = k
+        top, left = (size - k.shape[0]) // 2, (size - k.shape[1]) // 2
+        big[top:top + k.shape[0], left:left + k.shape[1]] = k
         out[name] = big
-    r = np.arange(size) - (size - 1) / 2
-    g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / 2.0)
-    out["gaussian"] = g / g.sum()
-    out["box-blur"] = np.full((size, size), 1.0 / size ** 2)
     return out
 
 
@@ -480,7 +481,7 @@ def render(run, *, index: int = 0, image=None, explain: list[int] | None = None,
     figures: list[Figure] = []
     not_applicable: list[dict] = []
     summary: dict = {}
-    steps = 7
+    steps = 6
     with (_progress(progress) if progress else nullcontext()) as bar:
         task = bar.add_task("drawing figures", total=steps) if bar else None
 
