@@ -234,8 +234,8 @@ def test_cli_writes_pngs_and_lists_them_in_json(quick_run, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--index", "10000"], "test image index 10000 is out of range; mnist has 10,000 test images"),
     (["--explain", "1,x"], "expected test image numbers separated by commas"),
-    (["--image", "NOTIMAGE"], "is not a readable image"),
-    (["--image", "missing.png"], "--image missing.png does not exist"),
+    (["--image", "NOTIMAGE"], "--image: notes.txt is not an image Pillow can read"),
+    (["--image", "missing.png"], "--image: cannot read missing.png"),
 ])
 def test_cli_errors_are_one_line_and_write_nothing(args, message, quick_run, tmp_path, capsys, monkeypatch):
     from cnnlab.cli import main

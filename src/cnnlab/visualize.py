@@ -445,17 +445,13 @@ def _progress(enabled: bool):
 
 
 def _user_image(path) -> np.ndarray:
-    """A user's image file -> uint8 [28, 28], white digit on black like MNIST."""
-    from PIL import Image, UnidentifiedImageError
+    """A user's photo, scan or drawing -> uint8 [28, 28] made the way MNIST was (cnnlab.predict)."""
+    from .predict import ImageError, open_image, to_mnist
 
     try:
-        with Image.open(path) as im:
-            g = np.asarray(im.convert("L").resize((data_mod.IMAGE_SIZE, data_mod.IMAGE_SIZE)), dtype=np.uint8)
-    except FileNotFoundError:
-        raise CnnlabError(f"--image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise CnnlabError(f"--image {path} is not a readable image ({e}); pass a PNG or JPEG") from None
-    return 255 - g if g.mean() > 127 else g
+        return to_mnist(open_image(path), str(path))
+    except ImageError as e:
+        raise CnnlabError(f"--image: {e}") from None
 
 
 def render(run, *, index: int = 0, image=None, explain: list[int] | None = None, limit: int | None = None,
