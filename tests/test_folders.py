@@ -125,4 +125,12 @@ def test_train_on_a_folder_saves_class_names_used_by_evaluate_and_load(tmp_path,
     assert report["classes"] == ["one", "two", "zero"]
     # The digit "1" images sit in class 0 ("one"): the confusion matrix rows follow folder order.
     assert sum(report["confusion_matrix"][0]) == 15
+    # Prediction answers with the folder names, and agrees with evaluate on the held-out images.
+    from cnnlab.predict import load_classifier, predict_images
+
+    test = data.load(config["dataset"], "test", val_split=0.25)
+    answers = [p["label"] for p in predict_images(load_classifier(out), test.images.numpy())]
+    truth = [test.classes[i] for i in test.labels.tolist()]
+    assert set(answers) <= {"one", "two", "zero"}
+    assert sum(a == t for a, t in zip(answers, truth)) == report["correct"]
 
