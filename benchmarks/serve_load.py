@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", default="1,8,32")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,7 +90,7 @@ def main() -> None:
         server.wait()
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average before {os.getloadavg()[0]:.1f}; python {platform.python_version()}")
+          f"load average before {load_before:.1f}; python {platform.python_version()}")
     print("| request | concurrent | requests | req/s | p50 ms | p99 ms | failures |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
