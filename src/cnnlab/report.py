@@ -63,10 +63,13 @@ def _cell(v) -> str:
     return f"<td>{escape(str(v))}</td>"
 
 
-EPOCH_COLUMNS = {"mean_loss": "mean loss", "test_accuracy": "test accuracy", "images_per_second": "images/s"}
+EPOCH_COLUMNS = {"mean_loss": "mean loss", "test_accuracy": "test accuracy", "val_accuracy": "validation accuracy",
+                 "images_per_second": "images/s"}
 
 
 def _epoch_value(key, value):
+    if value is None:
+        return "-"
     if key.endswith("accuracy") and isinstance(value, float):
         return f"{value:.2%}"
     if key == "images_per_second" and isinstance(value, (int, float)):
