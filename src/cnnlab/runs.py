@@ -281,8 +281,8 @@ def load_checkpoint(path) -> tuple[dict, dict]:
     path = Path(path)
     fix = "restore it from a backup or start a new run"
     if not path.is_file():
-        raise RunError(f"{path.parent} has no {path.name} to resume from; only runs trained by this "
-                       f"version of cnnlab can be resumed - start a new run")
+        raise RunError(f"{path.parent} has no {path.name} to resume from (it was stopped before training "
+                       f"began, or written by an older cnnlab); start a new run")
     raw = path.read_bytes()
     try:
         header_len = int.from_bytes(raw[:8], "little")
