@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
-from test_predict import cli
+from conftest import run_cli, run_main
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +49,11 @@ def test_predict_accepts_exported_onnx(quick_run, tmp_path, mnist_test, capsys):
     from PIL import Image
 
     onnx_file = tmp_path / "m.onnx"
-    assert cli(capsys, "export", quick_run.run_dir, "--out", onnx_file)[0] == 0
+    assert run_main(capsys, "export", quick_run.run_dir, "--out", onnx_file)[0] == 0
     for i in range(5):
         Image.fromarray(mnist_test.images[i].numpy()).save(tmp_path / f"{i}.png")
     a = run_cli("predict", onnx_file, tmp_path, "--json")
-    code, out, err = cli(capsys, "predict", quick_run.run_dir, tmp_path, "--json")
+    code, out, err = run_main(capsys, "predict", quick_run.run_dir, tmp_path, "--json")
     assert a.returncode == 0 and code == 0, a.stderr + err
     ra, rb = json.loads(a.stdout), json.loads(out)
     assert [x["prediction"] for x in ra] == [x["prediction"] for x in rb] == mnist_test.labels[:5].tolist()
@@ -64,7 +63,7 @@ def test_predict_accepts_exported_onnx(quick_run, tmp_path, mnist_test, capsys):
 def test_torchscript_export(quick_run, tmp_path, mnist_test, capsys):
     import cnnlab
 
-    code, out, err = cli(capsys, "export", quick_run.run_dir, "--format", "torchscript", "--out", tmp_path / "m.pt", "--json")
+    code, out, err = run_main(capsys, "export", quick_run.run_dir, "--format", "torchscript", "--out", tmp_path / "m.pt", "--json")
     assert code == 0, err
     info = json.loads(out)
     assert info["max_abs_diff"] <= 1e-4 and info["format"] == "torchscript"
@@ -80,13 +79,12 @@ def test_torchscript_export(quick_run, tmp_path, mnist_test, capsys):
 
 
 def test_export_errors(quick_run, tmp_path, capsys):
-    code, _, err = cli(capsys, "export", tmp_path / "nope")
+    code, _, err = run_main(capsys, "export", tmp_path / "nope")
     assert code == 2 and "does not exist" in err and "Traceback" not in err
-    with pytest.raises(SystemExit) as e:
-        cli(capsys, "export", quick_run.run_dir, "--format", "tflite")
-    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
-    code, _, err = cli(capsys, "export", quick_run.run_dir, "--out", tmp_path / "missing" / "m.onnx")
+    code, _, err = run_main(capsys, "export", quick_run.run_dir, "--format", "tflite")
+    assert code == 2 and "invalid choice" in err
+    code, _, err = run_main(capsys, "export", quick_run.run_dir, "--out", tmp_path / "missing" / "m.onnx")
     assert code == 2 and "does not exist" in err
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
-    code, _, err = cli(capsys, "predict", tmp_path / "bad.onnx", tmp_path)
+    code, _, err = run_main(capsys, "predict", tmp_path / "bad.onnx", tmp_path)
     assert code == 2 and "not a readable ONNX model" in err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import zlib
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 from photos import restyle
 
 N_PHOTOS = 200
@@ -109,15 +108,6 @@ def test_uneven_light_and_noise_suppressed():
     assert np.ptp(cols) + 1 <= 7, "background or specks survived around the stroke"
 
 
-def cli(capsys, *args):
-    """The CLI in this process (same code as the `cnnlab` command, without a second torch import)."""
-    from cnnlab.cli import main
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_text_json_errors_and_saved_images(quick_run, photos, tmp_path, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -148,22 +138,21 @@ def test_cli_text_json_errors_and_saved_images(quick_run, photos, tmp_path, caps
     assert saved == sorted(p.stem + ".png" for p in good)
     assert np.asarray(Image.open(out / saved[0])).shape == (28, 28)
 
-    code, stdout, stderr = cli(capsys, "predict", quick_run.run_dir, good[0])
+    code, stdout, stderr = run_main(capsys, "predict", quick_run.run_dir, good[0])
     assert code == 0
     assert stdout.startswith(f"{good[0]}: ") and "%" in stdout and "1 of 1 image classified" in stderr
-    code, stdout, stderr = cli(capsys, "predict", quick_run.run_dir, bad / "notes.png")
+    code, stdout, stderr = run_main(capsys, "predict", quick_run.run_dir, bad / "notes.png")
     assert code == 1 and stderr.count("\n") == 2 and "Traceback" not in stderr
 
 
 def test_cli_usage_errors(quick_run, tmp_path, capsys):
-    code, _, err = cli(capsys, "predict", tmp_path / "no-run", tmp_path)
+    code, _, err = run_main(capsys, "predict", tmp_path / "no-run", tmp_path)
     assert code == 2 and "does not exist" in err and "Traceback" not in err
     (tmp_path / "empty-dir").mkdir()
-    code, _, err = cli(capsys, "predict", quick_run.run_dir, tmp_path / "empty-dir")
+    code, _, err = run_main(capsys, "predict", quick_run.run_dir, tmp_path / "empty-dir")
     assert code == 2 and "no image files" in err
-    with pytest.raises(SystemExit) as e:
-        cli(capsys, "predict", quick_run.run_dir, tmp_path, "--top-k", "0")
-    assert e.value.code == 2 and "at least 1" in capsys.readouterr().err
+    code, _, err = run_main(capsys, "predict", quick_run.run_dir, tmp_path, "--top-k", "0")
+    assert code == 2 and "at least 1" in err
 
 
 def test_transparent_png_and_16_bit():
