@@ -60,3 +60,15 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in this process (no interpreter start-up): (exit status, stdout, stderr)."""
+    from cnnlab.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse rejects a flag before main() returns
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

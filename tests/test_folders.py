@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab import data
+from cnnlab import data, runs
 from cnnlab.errors import DataError
 
 NAMES = ["zero", "one", "two"]
@@ -97,3 +97,40 @@ def test_folder_problems_are_one_clear_line(tmp_path, mnist, layout, flags, mess
     with pytest.raises(DataError) as err:
         data.load(name, "test", **flags)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_train_on_a_folder_saves_class_names_used_by_evaluate_and_load(tmp_path, mnist, data_dir):
+    import json
+
+    import cnnlab
+    from conftest import run_cli
+
+    write_digits(tmp_path / "digits", mnist, per_class=60)
+    (tmp_path / "digits" / "two" / "bad.png").write_bytes(b"oops")
+    out = tmp_path / "run"
+    proc = run_cli("train", "--dataset", f"folder:{tmp_path / 'digits'}", "--val-split", "0.25", "--epochs", "6",
+                   "--batch-size", "16", "--lr", "0.003", "--threads", "1", "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: skipped 1 unreadable image(s), e.g. " in proc.stdout and "bad.png" in proc.stdout
+    assert "135 train / 45 validation / 45 test images" in proc.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["classes"] == ["one", "two", "zero"]
+    assert config["dataset"] == f"folder:{(tmp_path / 'digits').resolve()}"
+    final = runs.read_metrics(out)[-1]
+    assert final["test_accuracy"] >= 0.85  # 0, 1, 2 from 45 images each
+    assert final["val_accuracy"] == final["test_accuracy"]  # held-out part serves as both
+    assert cnnlab.load(out).classes == ["one", "two", "zero"]
+    report = cnnlab.evaluate(out)  # finds the same 45 held-out images from the saved settings
+    assert report["total"] == 45 and report["accuracy"] == pytest.approx(final["test_accuracy"])
+    assert report["classes"] == ["one", "two", "zero"]
+    # The digit "1" images sit in class 0 ("one"): the confusion matrix rows follow folder order.
+    assert sum(report["confusion_matrix"][0]) == 15
+    # Prediction answers with the folder names, and agrees with evaluate on the held-out images.
+    from cnnlab.predict import load_classifier, predict_images
+
+    test = data.load(config["dataset"], "test", val_split=0.25)
+    answers = [p["label"] for p in predict_images(load_classifier(out), test.images.numpy())]
+    truth = [test.classes[i] for i in test.labels.tolist()]
+    assert set(answers) <= {"one", "two", "zero"}
+    assert sum(a == t for a, t in zip(answers, truth)) == report["correct"]
+

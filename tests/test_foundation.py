@@ -4,6 +4,7 @@ can meet gets one line and exit status 2."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -24,7 +25,8 @@ def test_one_epoch_on_6000_images_reaches_95_percent(quick_run):
 
 def test_run_folder_holds_weights_config_and_metrics(quick_run):
     run_dir = quick_run.run_dir
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.jsonl", "model.safetensors"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.safetensors", "config.json", "metrics.jsonl",
+                                                     "model.safetensors"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model"] == "simple_cnn" and config["dataset"] == "mnist"
     assert config["normalization"] == {"mean": 0.5, "std": 0.5}
@@ -32,6 +34,10 @@ def test_run_folder_holds_weights_config_and_metrics(quick_run):
     assert config["versions"]["torch"] == torch.__version__
     rows = runs.read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == [1]
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ("config.json", "metrics.jsonl", "model.safetensors"):  # as readable as any file the user writes
+        assert (run_dir / f).stat().st_mode & 0o777 == 0o666 & ~umask
     assert rows[0]["test_accuracy"] == pytest.approx(quick_run.test_accuracy)
     assert rows[0]["mean_loss"] == pytest.approx(quick_run.epochs[0].mean_loss)
 
@@ -88,7 +94,8 @@ def test_train_cli_json_reports_epochs_and_run_dir(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["run_dir"] == str(out)
-    assert [sorted(e) for e in result["epochs"]] == [["epoch", "images_per_second", "mean_loss", "seconds", "test_accuracy"]] * 2
+    assert [sorted(e) for e in result["epochs"]] == [["epoch", "images_per_second", "mean_loss", "seconds", "test_accuracy",
+                                                       "val_accuracy"]] * 2
     assert 0.5 < result["test_accuracy"] <= 1.0
     assert result["epochs"][1]["mean_loss"] < result["epochs"][0]["mean_loss"]
     assert len(runs.read_metrics(out)) == 2

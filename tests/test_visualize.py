@@ -125,6 +125,7 @@ def test_training_curves_are_the_runs_metrics(visuals, quick_run):
     assert f.data["epochs"] == [e.epoch for e in quick_run.epochs]
     assert f.data["test_accuracy"] == [e.test_accuracy for e in quick_run.epochs]
     assert f.data["mean_loss"] == pytest.approx([e.mean_loss for e in quick_run.epochs])
+    assert f.data["val_accuracy"] == [e.val_accuracy for e in quick_run.epochs]
 
 
 def test_saliency_marks_the_pixels_that_move_the_score(visuals, quick_run, test_split):
@@ -234,8 +235,8 @@ def test_cli_writes_pngs_and_lists_them_in_json(quick_run, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--index", "10000"], "test image index 10000 is out of range; mnist has 10,000 test images"),
     (["--explain", "1,x"], "expected test image numbers separated by commas"),
-    (["--image", "NOTIMAGE"], "is not a readable image"),
-    (["--image", "missing.png"], "--image missing.png does not exist"),
+    (["--image", "NOTIMAGE"], "--image: notes.txt is not an image Pillow can read"),
+    (["--image", "missing.png"], "--image: cannot read missing.png"),
 ])
 def test_cli_errors_are_one_line_and_write_nothing(args, message, quick_run, tmp_path, capsys, monkeypatch):
     from cnnlab.cli import main

@@ -308,3 +308,9 @@ def skipped_warning(split: Split) -> str | None:
     if not split.skipped:
         return None
     return (f"warning: skipped {len(split.skipped)} unreadable image(s), e.g. {split.skipped[0]}")
+
+
+def test_is_held_out(name: str) -> bool:
+    """True for a folder without train/ and test/: its test split is carved from the same tree
+    by --val-split, so it also serves as the validation split."""
+    return name.startswith(FOLDER) and _folder_roots(name)[1] is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import data as data_mod
+from .errors import DataError
 
 
 @torch.no_grad()
@@ -58,9 +59,16 @@ def evaluate(run, dataset: str | None = None, data_dir=None, limit: int | None =
 
     trained = run if isinstance(run, TrainedModel) else load(run, device=device)
     name = dataset or trained.config.get("dataset", "mnist")
-    test = data_mod.load(name, "test", data_dir).subset(limit)
+    # A folder without train/ and test/ is tested on the share --val-split held out in training.
+    val_split = (trained.config.get("recipe") or {}).get("val_split") or 0.0
+    test = data_mod.load(name, "test", data_dir, val_split=val_split).subset(limit)
+    if len(test.classes) != len(trained.classes):
+        raise DataError(f"{name} has {len(test.classes)} classes but the run was trained on "
+                        f"{len(trained.classes)} ({', '.join(trained.classes)}); evaluate on a dataset "
+                        f"with the same classes")
     preds = trained.logits(test.images).argmax(1)
     result = metrics_from_predictions(test.labels, preds, trained.classes)
     result["dataset"] = name
+    result["skipped_images"] = len(test.skipped)
     result["run_dir"] = str(trained.run_dir) if trained.run_dir else None
     return result

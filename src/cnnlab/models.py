@@ -135,3 +135,77 @@ class BestCNN(nn.Module):
 
 register("fast_cnn", "the fast recipe's CNN: simple_cnn + BatchNorm + a conv64 at 7x7 (cheap, 1-epoch 99%)")(FastCNN)
 register("best_cnn", "the best recipe's CNN: BatchNorm convs 32-64-64-128, global max pool, dropout")(BestCNN)
+
+
+class LeNet5(nn.Module):
+    """LeCun et al. 1998: conv 6@5x5, subsampling, conv 16@5x5, subsampling, fc 120, fc 84, fc 10.
+
+    The paper fed 32x32 images; padding 2 on the first convolution makes 28x28 MNIST give the
+    same 28x28 maps. Subsampling was averaging and the squashing function tanh, as here.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, kernel_size=5, padding=2), nn.Tanh(), nn.AvgPool2d(2),  # 28 -> 14
+            nn.Conv2d(6, 16, kernel_size=5), nn.Tanh(), nn.AvgPool2d(2),                      # 10 -> 5
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class AlexNetMini(nn.Module):
+    """AlexNet's pattern (Krizhevsky et al. 2012) scaled to 28x28 grayscale: five convolutions
+    with ReLU, overlapping 3x3 stride-2 max pooling after the 1st, 2nd and 5th, then dropout and
+    three fully connected layers."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        overlap = dict(kernel_size=3, stride=2)  # windows overlap by one pixel, as in AlexNet
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool2d(**overlap),  # 28 -> 13
+            nn.Conv2d(32, 64, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(**overlap),           # 13 -> 6
+            nn.Conv2d(64, 96, kernel_size=3, padding=1), nn.ReLU(),
+            nn.Conv2d(96, 96, kernel_size=3, padding=1), nn.ReLU(),
+            nn.Conv2d(96, 64, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(**overlap),           # 6 -> 2
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(0.5), nn.Linear(64 * 2 * 2, 256), nn.ReLU(),
+            nn.Dropout(0.5), nn.Linear(256, 256), nn.ReLU(),
+            nn.Linear(256, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class NoPoolCNN(nn.Module):
+    """simple_cnn with each 2x2 max pooling replaced by a stride-2 convolution.
+
+    Same layers, shapes and parameter count (206,922) as simple_cnn, so the only difference
+    between the two is pooling: the control for the lecture's translation-invariance claim.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, stride=2), nn.ReLU(),  # 28 -> 14
+            nn.Conv2d(16, 32, kernel_size=3, padding=1, stride=2), nn.ReLU(),           # 14 -> 7
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+register("lenet5", "LeCun et al. 1998: conv6-avgpool-conv16-avgpool-fc120-fc84, 5x5 kernels, tanh")(LeNet5)
+register("alexnet_mini", "AlexNet's pattern at 28x28: 5 convs, overlapping max pools, dropout, 3 FC")(AlexNetMini)
+register("no_pool_cnn", "simple_cnn with stride-2 convs instead of max pooling (the control)")(NoPoolCNN)

@@ -31,6 +31,10 @@ CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = "cnnlab-checkpoint-1"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, content: bytes | str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over the target.
 
@@ -45,6 +49,8 @@ def atomic_write(path: str | os.PathLike, content: bytes | str) -> None:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the mode an ordinary open() would (0666 - umask).
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -275,8 +281,8 @@ def load_checkpoint(path) -> tuple[dict, dict]:
     path = Path(path)
     fix = "restore it from a backup or start a new run"
     if not path.is_file():
-        raise RunError(f"{path.parent} has no {path.name} to resume from; only runs trained by this "
-                       f"version of cnnlab can be resumed - start a new run")
+        raise RunError(f"{path.parent} has no {path.name} to resume from (it was stopped before training "
+                       f"began, or written by an older cnnlab); start a new run")
     raw = path.read_bytes()
     try:
         header_len = int.from_bytes(raw[:8], "little")

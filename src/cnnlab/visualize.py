@@ -28,7 +28,7 @@ from matplotlib.figure import Figure as MplFigure
 from torch import nn
 
 from . import data as data_mod
-from . import runs
+from . import kernels, runs
 from .errors import CnnlabError
 from .evaluate import metrics_from_predictions, predict_logits
 
@@ -120,38 +120,39 @@ def first_linear(model: nn.Module, x: torch.Tensor) -> nn.Linear | None:
     found = []
     handles = [m.register_forward_hook(lambda mod, i, o: found.append(mod))
                for m in model.modules() if isinstance(m, nn.Linear)]
-    with torch.no_grad():
-        model.eval()
-        model(x)
-    for h in handles:
-        h.remove()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
     return found[0] if found else None
 
 
 # --- hand-designed kernels and cosine similarity -----------------------------------------------
 
 def hand_kernels(size: int) -> dict[str, np.ndarray]:
-    """The lecture's classic kernels at size x size (3x3 ones centred in a zero border)."""
-    base = {
-        "prewitt-x": [[-1, 0, 1], [-1, 0, 1], [-1, 0, 1]],
-        "prewitt-y": [[-1, -1, -1], [0, 0, 0], [1, 1, 1]],
-        "sobel-x": [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]],
-        "sobel-y": [[-1, -2, -1], [0, 0, 0], [1, 2, 1]],
-        "laplacian": [[0, 1, 0], [1, -4, 1], [0, 1, 0]],
-        "sharpen": [[0, -1, 0], [-1, 5, -1], [0, -1, 0]],
-        "emboss": [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]],
-        "identity": [[0, 0, 0], [0, 1, 0], [0, 0, 0]],
-    }
+    """cnnlab.kernels' named kernels at size x size, to compare with learned filters of that size.
+
+    Kernels with a size option (Gaussian, box blur) are built at that size; the fixed 3x3 ones are
+    the same operator centred in a zero border. A kernel that cannot be made at the size (a
+    Gaussian needs an odd side) is left out.
+    """
     out = {}
-    lo = (size - 3) // 2
-    for name, k in base.items():
+    for name, fixed in kernels.NAMED.items():
+        if fixed is None:
+            try:
+                out[name] = kernels.get(name, size=size)
+            except CnnlabError:
+                continue
+            continue
+        k = kernels.get(name)
+        if k.shape[0] > size or k.shape[1] > size:
+            continue
         big = np.zeros((size, size))
-        big[lo:lo + 3, lo:lo + 3] = k
+        top, left = (size - k.shape[0]) // 2, (size - k.shape[1]) // 2
+        big[top:top + k.shape[0], left:left + k.shape[1]] = k
         out[name] = big
-    r = np.arange(size) - (size - 1) / 2
-    g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / 2.0)
-    out["gaussian"] = g / g.sum()
-    out["box-blur"] = np.full((size, size), 1.0 / size ** 2)
     return out
 
 
@@ -219,7 +220,7 @@ def cam_layer(model: nn.Module, x: torch.Tensor) -> str | None:
 
 def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017) at `layer`: ReLU(sum_k mean(dY/dA_k) A_k), upsampled to
-    the input size and scaled to [0, 1]. `model` must not use in-place activations (see explain)."""
+    the input size and scaled to [0, 1]. `model` must not use in-place activations (_without_inplace)."""
     model.eval()
     kept = {}
 
@@ -354,8 +355,13 @@ def draw_curves(rows: list[dict]) -> MplFigure:
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [r["mean_loss"] for r in rows], "o-", color="tab:red")
     ax1.set(xlabel="epoch", ylabel="mean training loss (cross-entropy)", title="Training loss")
-    ax2.plot(epochs, [100 * r["test_accuracy"] for r in rows], "o-", color="tab:blue")
-    ax2.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+    ax2.plot(epochs, [100 * r["test_accuracy"] for r in rows], "o-", color="tab:blue", label="test")
+    val = [r.get("val_accuracy") for r in rows]
+    if any(v is not None for v in val):  # runs trained with early stopping on a validation split
+        ax2.plot(epochs, [100 * v if v is not None else np.nan for v in val], "s--", color="tab:green",
+                 label="validation")
+        ax2.legend()
+    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.set_xticks(epochs if len(epochs) <= 20 else ax.get_xticks())
@@ -444,17 +450,13 @@ def _progress(enabled: bool):
 
 
 def _user_image(path) -> np.ndarray:
-    """A user's image file -> uint8 [28, 28], white digit on black like MNIST."""
-    from PIL import Image, UnidentifiedImageError
+    """A user's photo, scan or drawing -> uint8 [28, 28] made the way MNIST was (cnnlab.predict)."""
+    from .predict import ImageError, open_image, to_mnist
 
     try:
-        with Image.open(path) as im:
-            g = np.asarray(im.convert("L").resize((data_mod.IMAGE_SIZE, data_mod.IMAGE_SIZE)), dtype=np.uint8)
-    except FileNotFoundError:
-        raise CnnlabError(f"--image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise CnnlabError(f"--image {path} is not a readable image ({e}); pass a PNG or JPEG") from None
-    return 255 - g if g.mean() > 127 else g
+        return to_mnist(open_image(path), str(path))
+    except ImageError as e:
+        raise CnnlabError(f"--image: {e}") from None
 
 
 def render(run, *, index: int = 0, image=None, explain: list[int] | None = None, limit: int | None = None,
@@ -480,7 +482,7 @@ def render(run, *, index: int = 0, image=None, explain: list[int] | None = None,
     figures: list[Figure] = []
     not_applicable: list[dict] = []
     summary: dict = {}
-    steps = 7
+    steps = 6
     with (_progress(progress) if progress else nullcontext()) as bar:
         task = bar.add_task("drawing figures", total=steps) if bar else None
 
@@ -575,10 +577,12 @@ def render(run, *, index: int = 0, image=None, explain: list[int] | None = None,
         if rows:
             figures.append(Figure(
                 "curves", "Training curves",
-                "Mean training loss and test accuracy after each epoch, from the run's metrics.jsonl.",
+                "Mean training loss and test (and, when the run held one out, validation) accuracy after each "
+                "epoch, from the run's metrics.jsonl.",
                 _png(draw_curves(rows)),
                 {"epochs": [r.get("epoch") for r in rows], "mean_loss": [r["mean_loss"] for r in rows],
-                 "test_accuracy": [r["test_accuracy"] for r in rows]}))
+                 "test_accuracy": [r["test_accuracy"] for r in rows],
+                 "val_accuracy": [r.get("val_accuracy") for r in rows]}))
         else:
             not_applicable.append({"figure": "curves", "reason": "the run has no metrics.jsonl with per-epoch "
                                                                  "loss and accuracy to plot"})

@@ -12,7 +12,8 @@ import json
 import sys
 
 # Order here is the order in `cnnlab --help`.
-COMMANDS = ["train", "evaluate", "visualize", "report"]
+COMMANDS = ["train", "evaluate", "params", "conv", "kernels", "pool", "compare", "visualize", "report",
+            "predict", "export", "serve"]
 
 
 class Parser(argparse.ArgumentParser):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from . import add_json_flag, positive_int, print_json
 
 
@@ -23,6 +25,8 @@ def run(args) -> int:
     from ..evaluate import evaluate
 
     r = evaluate(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit)
+    if r["skipped_images"]:
+        print(f"warning: skipped {r['skipped_images']} unreadable image(s) in {r['dataset']}", file=sys.stderr)
     if args.json:
         print_json(r)
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import add_json_flag, positive_float, positive_int, print_json
@@ -15,6 +16,16 @@ def fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a fraction such as 0.99, got '{text}'") from None
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1] such as 0.99 (not a percentage), got {value}")
+    return value
+
+
+def share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.1, got '{text}'") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1) such as 0.1, got {value}")
     return value
 
 
@@ -35,7 +46,8 @@ def add_parser(sub) -> None:
                    help="lecture (default): the lecture's numbers; fast: quickest to 99%% MNIST; "
                         "best: highest accuracy in ~15 min on 2 CPU cores")
     p.add_argument("--model", default=None, help=f"one of: {', '.join(model_names())} (default {d.model})")
-    p.add_argument("--dataset", default=None, help=f"one of: {', '.join(DATASETS)} (default {d.dataset})")
+    p.add_argument("--dataset", default=None, help=f"one of: {', '.join(DATASETS)}, or folder:PATH for your own images in one "
+                        f"sub-folder per class (default {d.dataset})")
     p.add_argument("--epochs", type=positive_int, default=None, help=f"passes over the training set (default {d.epochs})")
     p.add_argument("--batch-size", type=positive_int, default=None, help=f"images per step (default {d.batch_size})")
     p.add_argument("--lr", type=positive_float, default=None, help=f"learning rate (default {d.lr})")
@@ -64,23 +76,44 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="run folder to create (default runs/<date-time>-<model>/)")
     p.add_argument("--limit-train", type=positive_int, default=None, metavar="N", help="train on the first N images only")
     p.add_argument("--limit-test", type=positive_int, default=None, metavar="N", help="evaluate on the first N test images only")
+    p.add_argument("--val-split", type=share, default=None, metavar="F",
+                   help="hold out this share of each class of the training images for validation "
+                        "(for a folder without train/ and test/: the held-out test images)")
+    p.add_argument("--patience", type=positive_int, default=None, metavar="EPOCHS",
+                   help="early stopping: stop after this many epochs without a better validation "
+                        "accuracy and keep the best epoch's weights (needs --val-split)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run from its checkpoint, with its saved settings "
+                        "(only --epochs, --device and --threads may be given as well)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 SETTINGS = ["model", "dataset", "epochs", "batch_size", "lr", "schedule", "optimizer", "weight_decay", "augment",
             "label_smoothing", "target_accuracy", "eval_every", "precision", "channels_last", "compile", "seed",
-            "device", "threads", "limit_train", "limit_test"]
+            "device", "threads", "limit_train", "limit_test", "val_split", "patience"]
 
 
 def run(args) -> int:
+    from ..errors import CnnlabError, Interrupted
     from ..recipes import config
     from ..train import train
 
-    cfg = config(args.recipe, **{name: getattr(args, name) for name in SETTINGS})
     # With --json, stdout carries only the JSON object; human-readable lines go to stderr.
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
-    result = train(cfg, data_dir=args.data_dir, out=args.out, log=log, progress=not args.json)
-    if args.json:
+    given = {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
+    try:
+        if args.resume:
+            if args.out:
+                raise CnnlabError("--resume continues in the run's own folder; drop --out")
+            result = train(resume=args.resume, data_dir=args.data_dir, log=log, progress=not args.json, **given)
+        else:
+            cfg = config(args.recipe, **given)
+            result = train(cfg, data_dir=args.data_dir, out=args.out, log=log, progress=not args.json)
+    except Interrupted as e:
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for all
+            print(f"cnnlab train: {e}", file=sys.stderr)
+        return e.exit_code
+    if args.json and int(os.environ.get("RANK", "0")) == 0:
         print_json(result.to_json())
     return 0

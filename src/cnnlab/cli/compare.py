@@ -1,0 +1,65 @@
+"""cnnlab compare: train several models the same way and compare size, cost, speed and accuracy."""
+
+from __future__ import annotations
+
+import sys
+
+from . import add_json_flag, positive_float, positive_int, print_json
+
+
+def add_parser(sub) -> None:
+    from ..compare import DEFAULT_MODELS
+    from ..data import DATASETS
+    from ..models import model_names
+    from ..train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("compare", help="train several models identically; table of params, MACs, time, accuracy, gap",
+                       description="Train each model with the same data, seed and settings (the one training "
+                                   "engine) and print parameters, multiply-accumulates, train time, train and "
+                                   "test accuracy and the train-test gap. Saved as compare.csv and compare.md "
+                                   "with the run folders under --out.")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help=f"comma-separated, from: {', '.join(model_names())} (default {','.join(DEFAULT_MODELS)})")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"passes over the training set (default {d.epochs})")
+    p.add_argument("--dataset", default=d.dataset, help=f"one of: {', '.join(DATASETS)} (default {d.dataset})")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"images per step (default {d.batch_size})")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help=f"learning rate (default {d.lr})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed, the same for every model (default {d.seed})")
+    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda", "mps"], help="where to train (default auto)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    p.add_argument("--limit-train", type=positive_int, default=None, metavar="N", help="train on the first N images only")
+    p.add_argument("--limit-test", type=positive_int, default=None, metavar="N", help="test on the first N images only")
+    p.add_argument("--out", default=None, help="folder for the runs and tables (default runs/compare-<date-time>/)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default $CNNLAB_DATA_DIR, else ./data)")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..compare import compare, default_out
+    from ..train import TrainConfig
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    cfg = TrainConfig(epochs=args.epochs, dataset=args.dataset, batch_size=args.batch_size, lr=args.lr,
+                      seed=args.seed, device=args.device, threads=args.threads, limit_train=args.limit_train, limit_test=args.limit_test)
+    out = args.out or default_out()
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    rows = compare(models, cfg, data_dir=args.data_dir, out=out, log=log)
+    if args.json:
+        print_json({"out": str(out), "config": asdict(cfg), "rows": [asdict(r) for r in rows]})
+        return 0
+    t = Table(title=f"{len(rows)} models, same data and seed ({args.epochs} epoch{'s' if args.epochs > 1 else ''})")
+    for col in ("model", "parameters", "MACs", "train time", "train acc", "test acc", "gap"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        t.add_row(r.model, f"{r.parameters:,}", f"{r.macs:,}", f"{r.train_seconds:.1f} s", f"{r.train_accuracy:.2%}",
+                  f"{r.test_accuracy:.2%}", f"{r.gap * 100:+.2f} pts")
+    Console(width=100).print(t)
+    print(f"gap = train accuracy - test accuracy (overfitting); tables saved to {out}/compare.csv and compare.md")
+    return 0

@@ -1,0 +1,114 @@
+"""cnnlab pool: max and average pooling step by step, and the translation-invariance test."""
+
+from __future__ import annotations
+
+import sys
+
+from . import add_json_flag, positive_int, print_json
+
+
+def add_parser(sub) -> None:
+    from ..pool import LECTURE_INPUT
+
+    p = sub.add_parser("pool", help="max/average pooling step by step; --invariance measures shift invariance",
+                       description="Pool a matrix step by step (default: a 4x4 example), or with --invariance "
+                                   "shift test digits by 1-4 pixels and measure how a trained model with pooling "
+                                   "and one without (no_pool_cnn) react.")
+    p.add_argument("matrix", nargs="?", default=LECTURE_INPUT, metavar="MATRIX",
+                   help=f"matrix, rows separated by ';', or a file (default \"{LECTURE_INPUT}\")")
+    p.add_argument("--mode", choices=["max", "avg", "both"], default="both", help="which pooling (default both)")
+    p.add_argument("--size", type=positive_int, default=2, help="window size (default 2)")
+    p.add_argument("--stride", type=positive_int, default=None, help="step between windows (default: the size)")
+    g = p.add_argument_group("translation invariance")
+    g.add_argument("--invariance", metavar="RUN_DIR", default=None,
+                   help="a trained run with pooling (e.g. simple_cnn) to test")
+    g.add_argument("--baseline", metavar="RUN_DIR", default=None,
+                   help="a trained no_pool_cnn run to compare with (default: train one now with RUN_DIR's recipe)")
+    g.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
+                   help="when training the baseline: the first N training images only (default: as RUN_DIR)")
+    g.add_argument("--limit", type=positive_int, default=1000, metavar="N",
+                   help="test on the first N test images (default 1000)")
+    g.add_argument("--max-shift", type=positive_int, default=4, help="largest shift in pixels (default 4)")
+    g.add_argument("--out", default=None, metavar="FILE.png", help="the plot (default RUN_DIR/invariance.png)")
+    g.add_argument("--data-dir", default=None, help="dataset folder (default $CNNLAB_DATA_DIR, else ./data)")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.invariance:
+        return _invariance(args)
+    from .. import pool
+    from ..conv import matrix_text, parse_matrix
+
+    x = parse_matrix(args.matrix, "matrix")
+    stride = args.stride or args.size
+    modes = ["max", "avg"] if args.mode == "both" else [args.mode]
+    results = {}
+    for mode in modes:
+        steps: list = []
+        out = pool.pool2d(x, args.size, stride, mode, steps)
+        results[mode] = (out, steps)
+    if args.json:
+        print_json({"input": x.tolist(), "size": args.size, "stride": stride, **{
+            mode: {"output": out.tolist(), "steps": [{"row": s.row, "col": s.col, "window": s.window.tolist(),
+                                                      "value": s.value} for s in steps]}
+            for mode, (out, steps) in results.items()}})
+        return 0
+    h, w = x.shape
+    print(f"input {h}x{w}:\n{matrix_text(x)}")
+    oh, ow = next(iter(results.values()))[0].shape
+    print(f"{args.size}x{args.size} windows, stride {stride}: output floor(({h} - {args.size}) / {stride}) + 1 = {oh} "
+          f"rows, floor(({w} - {args.size}) / {stride}) + 1 = {ow} columns")
+    for mode, (out, steps) in results.items():
+        print(f"{'max' if mode == 'max' else 'average'} pooling:")
+        for n, s in enumerate(steps, 1):
+            vals = " ".join(matrix_text(s.window, "").split())
+            how = f"max({vals.replace(' ', ', ')})" if mode == "max" else f"({vals.replace(' ', ' + ')}) / {s.window.size}"
+            print(f"  step {n}: out[{s.row}][{s.col}] = {how} = {matrix_text(s.value, '')}")
+        print(f"{mode} pooled {oh}x{ow}:\n{matrix_text(out)}")
+    return 0
+
+
+def _invariance(args) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .. import data as data_mod
+    from .. import pool
+    from ..runs import load
+
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    pooled = load(args.invariance)
+    pool.check_has_features(pooled)  # before any baseline is trained
+    out = Path(args.out) if args.out else Path(args.invariance) / "invariance.png"
+    if not out.parent.is_dir():
+        from ..errors import CnnlabError
+        raise CnnlabError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    if args.baseline:
+        baseline = load(args.baseline)
+        pool.check_has_features(baseline)
+    else:
+        log(f"training no_pool_cnn with {pooled.name}'s recipe for comparison (pass --baseline RUN_DIR to reuse one)")
+        baseline = pool.baseline_for(pooled.config, data_dir=args.data_dir, log=log, limit_train=args.limit_train)
+    test = data_mod.load(pooled.config.get("dataset", "mnist"), "test", args.data_dir).subset(args.limit)
+    models = {pooled.name: pooled, baseline.name if baseline.name != pooled.name else "baseline": baseline}
+    rows = pool.invariance(models, test.images, test.labels, args.max_shift)
+    pool.plot_invariance(rows, out)
+    if args.json:
+        print_json({"run_dir": str(pooled.run_dir), "baseline": str(baseline.run_dir) if baseline.run_dir else None,
+                    "images": len(test), "plot": str(out), "rows": rows})
+        return 0
+    t = Table(title=f"Shifted test digits ({len(test):,} images, each shift right, left, down and up)")
+    for col, just in (("model", "left"), ("shift (px)", "right"), ("predictions changed", "right"),
+                      ("accuracy", "right"), ("feature change", "right")):
+        t.add_column(col, justify=just)
+    for r in rows:
+        t.add_row(r["model"], str(r["shift"]), f"{r['prediction_changed']:.1%}", f"{r['accuracy']:.1%}",
+                  f"{r['feature_change']:.3f}")
+    Console(width=100).print(t)
+    print("feature change = |features(shifted) - features(original)| / |features(original)|, averaged over images")
+    print(f"plot saved to {out}")
+    return 0

@@ -1,0 +1,49 @@
+"""cnnlab predict: classify photos, scans or drawings of digits with a run (or an exported ONNX file)."""
+
+from __future__ import annotations
+
+from . import add_json_flag, positive_int, print_json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", help="classify your own images (photos, scans, drawings)",
+                       description="Classify image files with a trained run folder or an exported .onnx file. "
+                                   "Each image is preprocessed the way MNIST was made: grayscale, light "
+                                   "background inverted, noise suppressed, cropped to the digit, scaled to "
+                                   "fit 20x20 and centred by centre of mass in 28x28. Folders are walked. "
+                                   "Exit status 1 if any file could not be classified.")
+    p.add_argument("model", metavar="RUN_DIR", help="a folder written by 'cnnlab train', or a .onnx file "
+                                                  "written by 'cnnlab export'")
+    p.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+", help="image files and/or folders of images")
+    p.add_argument("--top-k", type=positive_int, default=3, metavar="K",
+                   help="how many classes to print per image, most likely first (default 3)")
+    p.add_argument("--save-preprocessed", metavar="DIR", default=None,
+                   help="write the 28x28 image the model saw for each input to DIR as PNG")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+
+    from ..predict import load_classifier, predict_files
+
+    clf = load_classifier(args.model)
+    results = predict_files(clf, args.inputs, top_k=min(args.top_k, len(clf.classes)),
+                            save_preprocessed=args.save_preprocessed)
+    failed = sum("error" in r for r in results)
+    if args.json:
+        print_json([{k: r[k] for k in ("file", "error")} if "error" in r else
+                    {k: r[k] for k in ("file", "prediction", "label", "probabilities", "top_k", "preprocessed") if k in r}
+                    for r in results])
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"cnnlab predict: error: {r['error']}", file=sys.stderr)
+                continue
+            top = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top_k"])
+            print(f"{r['file']}: {r['label']}  ({top})")
+        ok = len(results) - failed
+        print(f"{ok} of {len(results)} image{'s' if len(results) != 1 else ''} classified"
+              + (f", {failed} failed" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0

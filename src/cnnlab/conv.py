@@ -1,0 +1,191 @@
+"""Convolution as a sliding window, written as the plain loop the lecture draws.
+
+A kernel slides over the (zero-padded) input; at each position the overlapping values are
+multiplied element-wise and summed into one output value. This is what every Conv2d layer does.
+Like torch.nn.functional.conv2d (and every deep-learning library), `conv2d` does NOT flip the
+kernel: mathematically it is a cross-correlation. `flip=True` flips the kernel by 180 degrees
+first, which is convolution in the textbook sense. For a learned kernel the difference does not
+matter: the network simply learns the flipped weights.
+
+The loops are deliberately slow and readable; the tests check them against torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CnnlabError
+
+# The lecture's example: a 5x5 input and a 2x2 kernel; the top-left output is
+# 2x1 + 1x2 + 4x(-1) + 1x3 = 3 and the output is 4x4.
+LECTURE_INPUT = "2 1 3 1 4; 4 1 0 1 3; 1 3 1 1 1; 2 6 1 1 1; 3 3 1 0 4"
+LECTURE_KERNEL = "1 2; -1 3"
+
+
+def _pair(value) -> tuple[int, int]:
+    """3 -> (3, 3); (1, 2) -> (1, 2): stride, padding and dilation may differ per axis."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise CnnlabError(f"expected one number or a (height, width) pair, got {value}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def output_size(n: int, k: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """Output length along one axis: floor((n + 2p - d(k-1) - 1) / s) + 1."""
+    return (n + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def size_formula(n: int, k: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> str:
+    """The output-size formula with the numbers filled in, e.g. floor((5 + 2*0 - 1*(2-1) - 1) / 1) + 1 = 4."""
+    return (f"floor(({n} + 2*{padding} - {dilation}*({k}-1) - 1) / {stride}) + 1 = "
+            f"{output_size(n, k, stride, padding, dilation)}")
+
+
+@dataclass
+class Step:
+    """One position of the sliding window."""
+    row: int              # output position
+    col: int
+    top: int              # where the window starts in the padded input
+    left: int
+    window: np.ndarray    # the input values under the kernel
+    products: np.ndarray  # window * kernel, element-wise
+    total: float          # their sum: the output value
+
+
+def _check(x: np.ndarray, k: np.ndarray, stride, padding, dilation):
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    if min(sh, sw, dh, dw) < 1:
+        raise CnnlabError(f"stride and dilation must be at least 1, got stride {stride}, dilation {dilation}")
+    if min(ph, pw) < 0:
+        raise CnnlabError(f"padding must be 0 or more, got {padding}")
+    (h, w), (kh, kw) = x.shape[-2:], k.shape[-2:]
+    oh, ow = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
+    if oh < 1 or ow < 1:
+        raise CnnlabError(f"the {kh}x{kw} kernel (dilation {dilation}) does not fit the {h}x{w} input "
+                          f"with padding {padding}: the output would be {oh}x{ow}; use a smaller "
+                          f"kernel or more padding")
+    return (sh, sw), (ph, pw), (dh, dw), (oh, ow)
+
+
+def zero_pad(x: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    """A border of ph rows and pw columns of zeros around a 2-D matrix."""
+    padded = np.zeros((x.shape[0] + 2 * ph, x.shape[1] + 2 * pw), dtype=np.float64)
+    padded[ph:ph + x.shape[0], pw:pw + x.shape[1]] = x
+    return padded
+
+
+def conv2d(x, kernel, stride=1, padding=0, dilation=1, flip: bool = False,
+           steps: list | None = None) -> np.ndarray:
+    """Slide a 2-D kernel over a 2-D input. Append each window's Step to `steps` when given."""
+    x = np.asarray(x, dtype=np.float64)
+    k = np.asarray(kernel, dtype=np.float64)
+    if x.ndim != 2 or k.ndim != 2:
+        raise CnnlabError(f"conv2d takes 2-D matrices, got input {list(x.shape)} and kernel {list(k.shape)}")
+    if flip:
+        k = k[::-1, ::-1]  # true convolution: the kernel turned by 180 degrees
+    (sh, sw), (ph, pw), (dh, dw), (oh, ow) = _check(x, k, stride, padding, dilation)
+    padded = zero_pad(x, ph, pw)
+    kh, kw = k.shape
+    out = np.zeros((oh, ow), dtype=np.float64)
+    for i in range(oh):
+        for j in range(ow):
+            top, left = i * sh, j * sw
+            total = 0.0
+            for a in range(kh):
+                for b in range(kw):
+                    total += padded[top + a * dh, left + b * dw] * k[a, b]
+            out[i, j] = total
+            if steps is not None:
+                window = padded[top:top + (kh - 1) * dh + 1:dh, left:left + (kw - 1) * dw + 1:dw].copy()
+                steps.append(Step(i, j, top, left, window, window * k, total))
+    return out
+
+
+def conv2d_layer(x, weight, bias=None, stride=1, padding=0, dilation=1) -> np.ndarray:
+    """What a Conv2d layer computes, with the same loop: x [C_in, H, W], weight [C_out, C_in, kh, kw].
+
+    Output channel o is the sum over input channels c of conv2d(x[c], weight[o, c]), plus bias[o]:
+    each filter looks at every input channel at once.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(weight, dtype=np.float64)
+    if x.ndim != 3 or w.ndim != 4 or w.shape[1] != x.shape[0]:
+        raise CnnlabError(f"conv2d_layer needs x [C_in, H, W] and weight [C_out, C_in, kh, kw] with "
+                          f"matching C_in, got {list(x.shape)} and {list(w.shape)}")
+    _, _, _, (oh, ow) = _check(x, w, stride, padding, dilation)
+    out = np.zeros((w.shape[0], oh, ow), dtype=np.float64)
+    for o in range(w.shape[0]):
+        for c in range(x.shape[0]):
+            out[o] += conv2d(x[c], w[o, c], stride, padding, dilation)
+        if bias is not None:
+            out[o] += float(np.asarray(bias, dtype=np.float64)[o])
+    return out
+
+
+# --- Matrices from the command line or a file ----------------------------------------------------
+
+def parse_matrix(text: str, what: str = "matrix") -> np.ndarray:
+    """'2 1 3; 4 1 0' (rows separated by ';' or newlines, numbers by spaces or commas) -> 2-D array.
+
+    If `text` names an existing file, the matrix is read from it (same format, or a .npy file).
+    """
+    path = Path(text)
+    looks_like_path = text.endswith((".txt", ".csv", ".npy", ".tsv")) or "/" in text
+    if looks_like_path or path.is_file():
+        if not path.is_file():
+            raise CnnlabError(f"{what} file {text} does not exist; give a matrix like \"1 2; 3 4\" or an existing file")
+        if path.suffix == ".npy":
+            try:
+                m = np.load(path, allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise CnnlabError(f"{what} file {text} is not a readable .npy array ({e})") from None
+            if m.ndim != 2:
+                raise CnnlabError(f"{what} file {text} holds a {m.ndim}-D array; a 2-D matrix is needed")
+            return m.astype(np.float64)
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CnnlabError(f"cannot read {what} file {path}: {e}") from None
+        source = f"{what} file {path}"
+    else:
+        source = f"{what} '{text}'"
+    rows = [r for r in (line.replace(",", " ").split() for line in text.replace(";", "\n").splitlines()) if r]
+    if not rows:
+        raise CnnlabError(f"{source} is empty; write rows separated by ';', e.g. \"1 2; 3 4\"")
+    if len({len(r) for r in rows}) != 1:
+        raise CnnlabError(f"{source} has rows of different lengths ({', '.join(str(len(r)) for r in rows)}); "
+                          f"every row needs the same number of values")
+    try:
+        m = np.array([[float(v) for v in r] for r in rows], dtype=np.float64)
+    except ValueError as e:
+        bad = str(e).split(":")[-1].strip()
+        raise CnnlabError(f"{source} contains {bad}, which is not a number") from None
+    if not np.isfinite(m).all():
+        raise CnnlabError(f"{source} contains inf or nan; use finite numbers")
+    return m
+
+
+def fmt(v: float) -> str:
+    """3.0 -> '3', -1.0 -> '-1', 0.25 -> '0.25': integers print as integers."""
+    v = float(v)
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.4g}"
+
+
+def matrix_text(m: np.ndarray, indent: str = "  ") -> str:
+    cells = [[fmt(v) for v in row] for row in np.atleast_2d(m)]
+    width = max(len(c) for row in cells for c in row)
+    return "\n".join(indent + " ".join(c.rjust(width) for c in row) for row in cells)
+
+
+def step_text(step: Step, kernel: np.ndarray) -> str:
+    """'2x1 + 1x2 + 4x(-1) + 1x3 = 3': the element-wise products and their sum."""
+    terms = [f"{fmt(a)}x{fmt(b) if b >= 0 else '(' + fmt(b) + ')'}"
+             for a, b in zip(step.window.ravel(), kernel.ravel())]
+    return " + ".join(terms) + f" = {fmt(step.total)}"

@@ -1,0 +1,347 @@
+"""Predict on real images: turn a photo or scan into what MNIST looks like, then classify it.
+
+MNIST digits are white ink on black, the digit's bounding box scaled to fit 20x20 pixels (aspect
+ratio kept, anti-aliased) and placed in a 28x28 frame so that its centre of mass is at the
+centre. Photos and scans are the opposite - dark ink on light paper, any size, off centre, with
+noise, uneven light, JPEG artefacts and colour - so `to_mnist` redoes what the MNIST authors did:
+
+  grayscale -> invert a light background -> subtract uneven lighting -> suppress noise ->
+  crop to the digit -> scale to fit 20x20 -> centre by centre of mass in 28x28.
+
+A model is either a run folder (cnnlab.runs.load) or an exported ONNX file (cnnlab export); both
+get the same uint8 images and the same normalisation (cnnlab.data.normalize).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
+from scipy import ndimage
+
+from . import data as data_mod
+from .errors import CnnlabError
+
+# Bigger than any phone photo (a 48-megapixel camera is 8000x6000); larger files are refused
+# before their pixels are decoded, so a small "decompression bomb" cannot exhaust memory.
+MAX_PIXELS = 64_000_000
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
+WORK_SIZE = 512   # images are shrunk to at most this many pixels per side before cleaning up
+DIGIT_BOX = 20    # MNIST: the digit fits a 20x20 box ...
+FRAME = data_mod.IMAGE_SIZE  # ... inside a 28x28 frame
+
+
+class ImageError(CnnlabError):
+    """One input image cannot be used. kind: unreadable, empty, not_image, corrupt, too_large, blank."""
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
+    """Open and fully decode an image from a path or bytes, with one-line errors for bad files."""
+    if isinstance(source, (bytes, bytearray)):
+        name = name or "upload"
+        raw = bytes(source)
+    else:
+        name = name or str(source)
+        try:
+            raw = Path(source).read_bytes()
+        except IsADirectoryError:
+            raise ImageError(f"{name} is a folder, not an image", "unreadable") from None
+        except OSError as e:
+            raise ImageError(f"cannot read {name}: {e.strerror or e}", "unreadable") from None
+    if not raw:
+        raise ImageError(f"{name} is empty (0 bytes); it is not an image", "empty")
+    with warnings.catch_warnings():
+        # Pillow only warns between its own limit and twice it; treat every bomb as an error.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(raw))
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise ImageError(_too_big(name, w, h), "too_large")
+            if img.format == "JPEG":  # decode big photos at 1/2, 1/4 or 1/8 scale: far less work
+                img.draft(img.mode, (2 * WORK_SIZE, 2 * WORK_SIZE))
+            img.load()
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(f"{name} declares more than {MAX_PIXELS / 1e6:.0f} megapixels (a possible "
+                             f"decompression bomb); scale it down", "too_large") from None
+        except Image.UnidentifiedImageError:
+            raise ImageError(f"{name} is not an image Pillow can read (PNG, JPEG, BMP, GIF, TIFF, "
+                             f"WebP, ...)", "not_image") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise ImageError(f"{name} is truncated or corrupt ({' '.join(str(e).split())[:100]}); "
+                             f"copy or save the file again") from None
+    if img.width == 0 or img.height == 0:
+        raise ImageError(f"{name} has no pixels ({img.width}x{img.height})", "empty")
+    return img
+
+
+def _too_big(name, w, h) -> str:
+    return (f"{name} is {w}x{h} = {w * h / 1e6:.0f} megapixels, over the {MAX_PIXELS / 1e6:.0f}-megapixel "
+            f"limit; scale it down")
+
+
+def _grayscale(img: Image.Image) -> np.ndarray:
+    """float32 [H, W] in 0..255; transparent pixels take the colour that contrasts with the ink."""
+    img = ImageOps.exif_transpose(img)  # phone photos are often stored sideways
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"), np.float32) / 255.0
+        gray = np.asarray(rgba.convert("L"), np.float32)
+        opaque = alpha > 0.5
+        # Dark strokes on a transparent sheet go on white paper; light strokes on black.
+        paper = 255.0 if (not opaque.any() or gray[opaque].mean() < 128) else 0.0
+        return gray * alpha + paper * (1 - alpha)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, np.float32)
+        lo, hi = float(a.min()), float(a.max())
+        return (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.asarray(img.convert("L"), np.float32)
+
+
+# --- MNIST-style preprocessing ----------------------------------------------------------------
+
+def _otsu(values: np.ndarray) -> float:
+    """The threshold that best separates two intensity classes (Otsu 1979), on a 256-bin histogram."""
+    hist, edges = np.histogram(values, bins=256, range=(0.0, 256.0))
+    hist = hist.astype(np.float64)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def _resize(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Anti-aliased resize of a float image (Pillow's LANCZOS on a 32-bit float image)."""
+    return np.asarray(Image.fromarray(a.astype(np.float32), "F").resize((w, h), Image.LANCZOS), np.float32)
+
+
+def to_mnist(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
+    """A photo, scan or drawing of one digit -> uint8 [28, 28], white on black, MNIST-style."""
+    g = image if isinstance(image, np.ndarray) else _grayscale(image)
+    g = g.astype(np.float32)
+    h, w = g.shape
+    if max(h, w) > WORK_SIZE:
+        s = WORK_SIZE / max(h, w)
+        g = _resize(g, max(1, round(h * s)), max(1, round(w * s)))
+        h, w = g.shape
+
+    # 1. Ink is the minority: the border is paper. Invert when the paper is the lighter side.
+    b = max(1, min(h, w) // 20)
+    border = np.concatenate([g[:b].ravel(), g[-b:].ravel(), g[:, :b].ravel(), g[:, -b:].ravel()])
+    lo, hi = np.percentile(g, [1, 99])
+    if np.median(border) > (lo + hi) / 2:
+        g = 255.0 - g
+
+    # 2. Uneven light: a grey opening wider than any stroke erases the ink and keeps the smooth
+    # background; subtract it. The stroke width comes from a first rough ink mask, and the
+    # opening runs on a copy shrunk until strokes are ~2 pixels wide (the background is smooth).
+    rough = g > _otsu(g)
+    stroke = 2.0 * float(np.percentile(ndimage.distance_transform_edt(rough)[rough], 90)) if rough.any() else 1.0
+    s = min(1.0, 2.0 / max(stroke, 1e-6))
+    if s < 1.0:
+        small = _resize(g, max(1, round(h * s)), max(1, round(w * s)))
+        background = ndimage.uniform_filter(ndimage.grey_opening(small, size=(7, 7)), size=7)
+        background = _resize(background, h, w)
+    else:
+        background = ndimage.uniform_filter(ndimage.grey_opening(g, size=(7, 7)), size=7)
+    g = np.clip(g - background, 0, None)
+
+    # 3. Noise: a 3x3 median removes specks and JPEG ringing (only where strokes are wide enough
+    # to survive it); Otsu then separates ink from paper.
+    if stroke >= 4:
+        g = np.asarray(Image.fromarray(np.clip(g, 0, 255).astype(np.uint8)).filter(ImageFilter.MedianFilter(3)),
+                       np.float32)
+    peak = float(np.percentile(g, 99.9))
+    if peak < 24:  # under ~10% contrast everywhere: nothing that looks like ink
+        raise ImageError(f"{name}: no digit found (the image is blank or has almost no contrast)", "blank")
+    t = max(_otsu(g), 0.15 * peak)
+    ink = g > t
+    # Keep the digit's connected pieces; drop specks (under 8% of the biggest piece's ink).
+    labels, n = ndimage.label(ink, structure=np.ones((3, 3)))
+    if n == 0:
+        raise ImageError(f"{name}: no digit found (the image is blank or has almost no contrast)", "blank")
+    mass = ndimage.sum(g, labels, index=np.arange(1, n + 1))
+    keep = np.zeros(n + 1, bool)
+    keep[1:] = mass >= 0.08 * mass.max()
+    digit = ndimage.binary_dilation(keep[labels], iterations=1)  # keep the anti-aliased rim
+    g = np.where(digit, g, 0.0)
+    g = np.clip(g / max(float(np.percentile(g[keep[labels]], 90)), 1e-6), 0, 1)
+
+    # 4. Crop to the bounding box, scale the longer side to 20 pixels keeping the aspect ratio.
+    rows, cols = np.nonzero(g > 0)
+    crop = g[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    ch, cw = crop.shape
+    s = DIGIT_BOX / max(ch, cw)
+    box = np.clip(_resize(crop, max(1, round(ch * s)), max(1, round(cw * s))), 0, 1)
+    if box.max() > 0:
+        box = box / box.max()
+
+    # 5. Place in 28x28 with the centre of mass at the centre (as MNIST did).
+    cy, cx = ndimage.center_of_mass(box)
+    out = np.zeros((FRAME, FRAME), np.float32)
+    # MNIST's centres of mass sit at pixel (14, 14) (measured: 13.99, 14.00 on its test set).
+    top, left = int(round(FRAME / 2 - cy)), int(round(FRAME / 2 - cx))
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + box.shape[0], FRAME), min(left + box.shape[1], FRAME)
+    if y1 > y0 and x1 > x0:
+        out[y0:y1, x0:x1] = box[y0 - top:y1 - top, x0 - left:x1 - left]
+    return np.round(out * 255).astype(np.uint8)
+
+
+# --- models: a run folder or an exported ONNX file -----------------------------------------------
+
+@dataclass
+class Classifier:
+    """What prediction needs: class names, the normalisation, and logits for uint8 [N, 28, 28]."""
+
+    source: str
+    classes: list
+    mean: float
+    std: float
+    trained: object = None   # cnnlab.runs.TrainedModel for a run folder
+    session: object = None   # onnxruntime.InferenceSession for an ONNX file
+    metadata: dict | None = None
+
+    def __post_init__(self):
+        # One model, many server threads: forward passes (and the hooks that read feature maps)
+        # take turns. Each pass on one image is about a millisecond.
+        self.lock = threading.Lock()
+
+    def logits(self, images_u8: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(images_u8, dtype=np.uint8))
+        with self.lock:
+            if self.trained is not None:
+                return self.trained.logits(x).numpy()
+            batch = data_mod.normalize(x, self.mean, self.std).numpy()
+            name = self.session.get_inputs()[0].name
+            return self.session.run(None, {name: batch})[0]
+
+    def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
+        return torch.from_numpy(self.logits(images_u8)).float().softmax(dim=1).numpy()
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """A run folder (from cnnlab train) or a .onnx file (from cnnlab export)."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        return _load_onnx(path)
+    from .runs import load
+    trained = load(path)
+    return Classifier(str(path), list(trained.classes), trained.mean, trained.std, trained=trained)
+
+
+def _load_onnx(path: Path) -> Classifier:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for corrupt graphs
+        raise CnnlabError(f"{path} is not a readable ONNX model ({' '.join(str(e).split())[:120]}); "
+                          f"export it again with 'cnnlab export'") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    if "cnnlab" not in meta:
+        raise CnnlabError(f"{path} has no cnnlab metadata (normalisation, classes); export it with "
+                          f"'cnnlab export RUN_DIR --format onnx'")
+    info = json.loads(meta["cnnlab"])
+    return Classifier(str(path), list(info["classes"]), float(info["normalization"]["mean"]),
+                      float(info["normalization"]["std"]), session=session, metadata=info)
+
+
+# --- files -> predictions -------------------------------------------------------------------------
+
+def collect_files(inputs) -> list[Path]:
+    """Files named directly (any name) plus image files found by walking folders, in order."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            files.extend(found)
+        else:
+            files.append(item)  # a missing file gets its own per-file error later
+    return files
+
+
+def predict_images(clf: Classifier, images_u8: np.ndarray, top_k: int = 3) -> list[dict]:
+    """Predictions for MNIST-style uint8 images [N, 28, 28]."""
+    probs = clf.probabilities(images_u8)
+    out = []
+    for p in probs:
+        order = np.argsort(-p)[:top_k]
+        out.append({"prediction": int(order[0]), "label": clf.classes[int(order[0])],
+                    "probabilities": [round(float(v), 6) for v in p],
+                    "top_k": [{"class": int(i), "label": clf.classes[int(i)], "probability": round(float(p[i]), 6)}
+                              for i in order]})
+    return out
+
+
+def predict_files(clf: Classifier, inputs, top_k: int = 3, save_preprocessed: str | os.PathLike | None = None,
+                  batch_size: int = 256) -> list[dict]:
+    """Preprocess and classify every file; a bad file gets {"file", "error"} and the rest go on."""
+    files = collect_files(inputs)
+    if not files:
+        raise CnnlabError("no image files found in the given folders; pass image files or folders "
+                          f"holding {', '.join(sorted(IMAGE_EXTENSIONS))} files")
+    save_dir = Path(save_preprocessed) if save_preprocessed else None
+    if save_dir:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush():
+        if pending:
+            preds = predict_images(clf, np.stack([a for _, a in pending]), top_k)
+            for (i, _), p in zip(pending, preds):
+                results[i].update(p)
+            pending.clear()
+
+    used_names: set[str] = set()
+    for f in files:
+        results.append({"file": str(f)})
+        try:
+            arr = to_mnist(open_image(f), name=str(f))
+        except ImageError as e:
+            results[-1]["error"] = str(e)
+            continue
+        if save_dir:
+            results[-1]["preprocessed"] = str(_save_png(arr, save_dir, f, used_names))
+        pending.append((len(results) - 1, arr))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return results
+
+
+def _save_png(arr: np.ndarray, folder: Path, source: Path, used: set) -> Path:
+    from .runs import atomic_write
+
+    stem, n = source.stem, 1
+    name = f"{stem}.png"
+    while name in used:  # two inputs called 3.jpg in different folders
+        n += 1
+        name = f"{stem}-{n}.png"
+    used.add(name)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "L").save(buf, format="PNG")
+    atomic_write(folder / name, buf.getvalue())
+    return folder / name

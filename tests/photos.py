@@ -1,0 +1,46 @@
+"""MNIST test digits restyled as photos and scans: what `cnnlab predict` must cope with.
+
+Each digit becomes dark ink on light, unevenly lit paper (sometimes tinted), enlarged to a random
+size, placed off centre on a larger sheet, with sensor noise, salt-and-pepper specks and JPEG
+compression. Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def restyle(digit_u8: np.ndarray, rng: np.random.Generator) -> bytes:
+    """One 28x28 MNIST digit (white on black) -> JPEG bytes of a 'photo' of it."""
+    size = int(rng.integers(70, 180))                       # the digit's frame, in pixels
+    sheet_h, sheet_w = int(size * rng.uniform(1.3, 2.0)), int(size * rng.uniform(1.3, 2.0))
+    ink = np.asarray(Image.fromarray(digit_u8).resize((size, size), Image.BICUBIC), np.float32) / 255
+    canvas = np.zeros((sheet_h, sheet_w), np.float32)
+    top = int(rng.integers(0, sheet_h - size + 1))
+    left = int(rng.integers(0, sheet_w - size + 1))
+    canvas[top:top + size, left:left + size] = np.clip(ink, 0, 1)
+
+    # Paper brightness falls off across the sheet (a lamp on one side); ink is dark grey, not black.
+    yy, xx = np.mgrid[0:sheet_h, 0:sheet_w].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * xx / sheet_w + np.sin(angle) * yy / sheet_h)
+    paper = rng.uniform(190, 240) - rng.uniform(20, 60) * (ramp - ramp.min()) / max(np.ptp(ramp), 1e-6)
+    ink_level = rng.uniform(20, 70)
+    gray = paper * (1 - canvas) + ink_level * canvas
+    gray += rng.normal(0, rng.uniform(3, 9), gray.shape)      # sensor noise
+    specks = rng.random(gray.shape) < 0.002                   # dust on the scanner glass
+    gray[specks] = rng.uniform(0, 80, specks.sum())
+    gray = np.clip(gray, 0, 255)
+
+    if rng.random() < 0.5:  # a colour photo: warm or cool paper tint
+        tint = rng.uniform(0.85, 1.0, 3)
+        rgb = np.clip(gray[..., None] * tint, 0, 255).astype(np.uint8)
+        img = Image.fromarray(rgb, "RGB")
+    else:
+        img = Image.fromarray(gray.astype(np.uint8), "L")
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(rng.integers(50, 90)))
+    return buf.getvalue()

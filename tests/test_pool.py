@@ -1,0 +1,91 @@
+"""cnnlab pool: the pooling loop equals torch; shifting digits measures translation invariance."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from cnnlab import pool
+
+from conftest import run_main
+
+
+def test_lecture_example():
+    x = np.array([[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]])
+    steps = []
+    assert pool.pool2d(x, 2, mode="max", steps=steps).tolist() == [[6, 8], [3, 4]]
+    assert steps[0].window.tolist() == [[1, 1], [5, 6]] and steps[0].value == 6
+    assert pool.pool2d(x, 2, mode="avg").tolist() == [[3.25, 5.25], [2, 2]]
+
+
+@settings(max_examples=150, deadline=None)
+@given(x=arrays(np.float64, st.tuples(st.integers(1, 9), st.integers(1, 9)),
+                elements=st.floats(-100, 100, allow_nan=False, width=32)),
+       size=st.integers(1, 4), stride=st.integers(1, 4), mode=st.sampled_from(["max", "avg"]))
+def test_loop_equals_torch(x, size, stride, mode):
+    if size > min(x.shape):
+        return
+    fn = F.max_pool2d if mode == "max" else F.avg_pool2d
+    ref = fn(torch.tensor(x)[None, None], size, stride)[0, 0].numpy()
+    np.testing.assert_allclose(pool.pool2d(x, size, stride, mode), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_cli_step_by_step(capsys):
+    code, out, _ = run_main(capsys, "pool")
+    assert code == 0
+    assert "out[0][0] = max(1, 1, 5, 6) = 6" in out and "out[0][1] = (2 + 4 + 7 + 8) / 4 = 5.25" in out
+    code, out, _ = run_main(capsys, "pool", "1 2 3; 4 5 6; 7 8 9", "--size", "2", "--stride", "1", "--mode", "max",
+                            "--json")
+    data = json.loads(out)
+    assert data["max"]["output"] == [[5, 6], [8, 9]] and "avg" not in data
+    code, _, err = run_main(capsys, "pool", "1 2; 3 4", "--size", "3")
+    assert code == 2 and "does not fit the 2x2 input" in err
+
+
+def test_shift_images():
+    img = torch.arange(1, 10, dtype=torch.uint8).reshape(1, 3, 3)
+    assert pool.shift_images(img, 1, 0)[0].tolist() == [[0, 1, 2], [0, 4, 5], [0, 7, 8]]
+    assert pool.shift_images(img, 0, -2)[0].tolist() == [[7, 8, 9], [0, 0, 0], [0, 0, 0]]
+
+
+def test_invariance_pooled_versus_no_pool(quick_run, data_dir, tmp_path, capsys):
+    from cnnlab import data, load
+    from cnnlab.evaluate import accuracy
+
+    plot = tmp_path / "inv.png"
+    # The baseline no_pool_cnn is trained here with quick_run's recipe on its first 1,500 images.
+    code, out, err = run_main(capsys, "pool", "--invariance", quick_run.run_dir, "--limit-train", "1500",
+                              "--limit", "500", "--out", plot, "--data-dir", data_dir, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    rows = {(r["model"], r["shift"]): r for r in result["rows"]}
+    assert set(rows) == {(m, k) for m in ("simple_cnn", "no_pool_cnn") for k in range(5)}
+    # Unshifted: nothing changes, and the accuracy is the model's own on these 500 images.
+    test = data.load("mnist", "test", data_dir).subset(500)
+    acc = accuracy(load(quick_run.run_dir).model, test, 0.5, 0.5)
+    assert rows[("simple_cnn", 0)]["prediction_changed"] == 0 and rows[("simple_cnn", 0)]["feature_change"] == 0
+    assert rows[("simple_cnn", 0)]["accuracy"] == pytest.approx(acc)
+    for m in ("simple_cnn", "no_pool_cnn"):
+        # Bigger shifts move the features further and change more predictions.
+        assert 0 < rows[(m, 1)]["feature_change"] < rows[(m, 4)]["feature_change"]
+        assert rows[(m, 1)]["prediction_changed"] < rows[(m, 4)]["prediction_changed"]
+        assert rows[(m, 4)]["accuracy"] < rows[(m, 0)]["accuracy"]
+    from PIL import Image
+    with Image.open(plot) as im:
+        assert im.size[0] > im.size[1] > 100  # two panels side by side
+
+
+def test_invariance_needs_a_convolutional_run(tmp_path, data_dir, capsys):
+    import cnnlab
+
+    mlp = cnnlab.train(model="mlp", epochs=1, limit_train=200, limit_test=100, data_dir=data_dir,
+                       out=tmp_path / "mlp", progress=False, log=None)
+    code, _, err = run_main(capsys, "pool", "--invariance", mlp.run_dir, "--data-dir", data_dir)
+    assert code == 2 and "model 'mlp' has no .features block" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_main(capsys, "pool", "--invariance", tmp_path / "nothing")
+    assert code == 2 and "does not exist" in err

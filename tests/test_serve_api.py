@@ -1,0 +1,176 @@
+"""The JSON API in-process (FastAPI's TestClient): answers, error statuses, concurrency."""
+
+from __future__ import annotations
+
+import base64
+import io
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from photos import restyle
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette's note about httpx2
+    from fastapi.testclient import TestClient
+
+
+@pytest.fixture(scope="module")
+def client(quick_run):
+    from cnnlab.serve import create_app
+    return TestClient(create_app(quick_run.run_dir))
+
+
+@pytest.fixture(scope="module")
+def mnist_test(data_dir):
+    import cnnlab.data
+    return cnnlab.data.load("mnist", "test", data_dir)
+
+
+def png_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_health_and_model(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    m = client.get("/api/model").json()
+    assert m["model"] == "simple_cnn" and m["classes"] == [str(i) for i in range(10)]
+    assert m["normalization"] == {"mean": 0.5, "std": 0.5}
+    assert m["parameters"] == 206_922
+    assert [c["out_channels"] for c in m["conv_layers"]] == [16, 32]
+    assert 0.9 < m["test_accuracy"] <= 1
+
+
+def test_json_array_matches_python_api(client, quick_run, mnist_test):
+    import cnnlab
+
+    trained = cnnlab.load(quick_run.run_dir)
+    images = mnist_test.images[:20]
+    expected = trained.predict_proba(images).numpy()
+    for img, p in zip(images, expected):
+        r = client.post("/api/predict", json={"image": img.tolist()})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["prediction"] == int(p.argmax())
+        assert np.allclose(body["probabilities"], p, atol=1e-5)
+        assert abs(sum(body["probabilities"]) - 1) < 1e-4
+        assert body["image"] == img.tolist()  # a 28x28 array is used as it is
+
+
+def test_upload_of_photo_is_preprocessed(client, mnist_test):
+    rng = np.random.default_rng(5)
+    correct = 0
+    for i in range(20):
+        r = client.post("/api/predict", files={"file": ("p.jpg", restyle(mnist_test.images[i].numpy(), rng), "image/jpeg")})
+        assert r.status_code == 200
+        seen = np.array(r.json()["image"])
+        assert seen.shape == (28, 28) and seen.max() == 255 and seen[0].max() == 0  # white on black, margin
+        correct += r.json()["prediction"] == int(mnist_test.labels[i])
+    assert correct >= 18
+    # A raw image/* body works too.
+    r = client.post("/api/predict", content=png_bytes(mnist_test.images[0].numpy()), headers={"content-type": "image/png"})
+    assert r.json()["prediction"] == int(mnist_test.labels[0])
+
+
+def test_feature_maps_and_filters(client, quick_run, mnist_test):
+    img = mnist_test.images[0]
+    r = client.post("/api/predict?features=1", json={"image": img.tolist()}).json()
+    conv1, conv2 = r["features"]
+    assert (conv1["channels"], conv1["height"], conv1["width"]) == (16, 28, 28)
+    assert (conv2["channels"], conv2["height"], conv2["width"]) == (32, 14, 14)
+    # Decoded maps equal ReLU(conv1(x)) computed here, up to the 8-bit quantisation.
+    import torch
+    import cnnlab
+    trained = cnnlab.load(quick_run.run_dir)
+    with torch.no_grad():
+        want = torch.relu(trained.model.features[0](trained.preprocess(img[None])))[0].numpy()
+    q = np.frombuffer(base64.b64decode(conv1["data"]), np.uint8).reshape(16, 28, 28)
+    got = q / 255.0 * np.array(conv1["max"])[:, None, None]
+    assert np.abs(got - want).max() <= np.max(conv1["max"]) / 255 + 1e-4
+    f = client.get("/api/filters").json()
+    assert f["shape"] == [16, 1, 3, 3]
+    assert np.allclose(f["filters"], trained.model.features[0].weight.detach().numpy(), atol=1e-5)
+
+
+def test_kernel_playground(client, tmp_path):
+    img = np.zeros((5, 5))
+    img[:, 2:] = 255  # a vertical edge, dark to bright
+    r = client.post("/api/kernel", json={"image": img.tolist(), "kernel": "sobel-x"}).json()
+    assert r["kernel"] == [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]
+    out = np.array(r["output"])
+    assert out[2, 1] == pytest.approx(4.0) and out[2, 2] == pytest.approx(4.0) and out[2, 0] == 0
+    r = client.post("/api/kernel", json={"image": img.tolist(), "kernel": "0 0 0; 0 2 0; 0 0 0"}).json()
+    assert r["kernel_name"] == "custom" and np.allclose(r["output"], img / 255 * 2)
+    r = client.post("/api/kernel", data={"kernel": "laplacian"},
+                    files={"file": ("big.png", png_bytes(np.full((400, 300), 200, np.uint8)), "image/png")}).json()
+    assert np.array(r["input"]).shape == (160, 120)  # uploads are shrunk for the playground
+    assert client.post("/api/kernel", json={"image": img.tolist(), "kernel": "1 2; 3 4"}).status_code == 422
+    assert client.post("/api/kernel", json={"image": img.tolist(), "kernel": "blur-ish"}).status_code == 422
+    # A kernel "matrix" naming a file on the server is refused without reading the file.
+    secret = tmp_path / "secret.txt"
+    secret.write_text("1 2 3; 4 5 6; 7 8 9")
+    r = client.post("/api/kernel", json={"image": img.tolist(), "kernel": str(secret)})
+    assert r.status_code == 422 and "neither a name" in r.json()["error"]
+    g = client.post("/api/kernel", json={"image": img.tolist(), "kernel": "gaussian"}).json()
+    assert np.array(g["kernel"]).shape == (5, 5) and abs(np.sum(g["kernel"]) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("kwargs, status, words", [
+    (dict(content=b"definitely not an image", headers={"content-type": "image/png"}), 415, "not an image"),
+    (dict(files={"file": ("x.txt", b"hello", "text/plain")}), 415, "not an image"),
+    (dict(content=b"", headers={"content-type": "image/png"}), 400, "empty"),
+    (dict(json={"image": [[0] * 28] * 27}), 422, "shape [27, 28]"),
+    (dict(json={"image": [[0] * 28] * 28 + [[1]]}), 422, "2-D array"),
+    (dict(json={"image": [[300] * 28] * 28}), 422, "0 to 255"),
+    (dict(json={"pixels": []}), 422, '"image"'),
+    (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON"),
+    (dict(content=b"a=1", headers={"content-type": "application/x-www-form-urlencoded"}), 415, "content type"),
+    (dict(content=png_bytes(np.full((50, 50), 255, np.uint8)), headers={"content-type": "image/png"}), 400, "no digit"),
+])
+def test_bad_input_gets_json_error(client, kwargs, status, words):
+    r = client.post("/api/predict", **kwargs)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+    assert client.get("/healthz").status_code == 200  # still serving
+
+
+def test_truncated_and_oversized_uploads(client, mnist_test):
+    full = png_bytes(mnist_test.images[0].numpy())
+    r = client.post("/api/predict", files={"file": ("t.png", full[: len(full) // 2], "image/png")})
+    assert r.status_code == 400 and "truncated" in r.json()["error"]
+    big = b"\0" * (5 * 1024 * 1024 + 1)
+    r = client.post("/api/predict", files={"file": ("big.png", big, "image/png")})
+    assert r.status_code == 413 and "5 MB" in r.json()["error"]
+    r = client.post("/api/predict", content=big, headers={"content-type": "image/png"})
+    assert r.status_code == 413
+    # Just under the limit is accepted as far as size goes (it is then not an image: 415).
+    r = client.post("/api/predict", content=b"\0" * (5 * 1024 * 1024 - 1000), headers={"content-type": "image/png"})
+    assert r.status_code == 415
+    assert client.post("/api/predict", json={"image": mnist_test.images[0].tolist()}).status_code == 200
+
+
+def test_decompression_bomb_refused(client):
+    from test_predict import bomb_png
+    r = client.post("/api/predict", files={"file": ("bomb.png", bomb_png(), "image/png")})
+    assert r.status_code == 413 and "megapixels" in r.json()["error"]
+
+
+def test_concurrent_requests_get_their_own_answers(client, mnist_test):
+    """64 different digits from 16 threads at once: each answer matches the sequential one."""
+    images = [mnist_test.images[i].tolist() for i in range(64)]
+    sequential = [client.post("/api/predict?features=1", json={"image": im}).json() for im in images]
+
+    def ask(im):
+        return client.post("/api/predict?features=1", json={"image": im}).json()
+
+    with ThreadPoolExecutor(16) as pool:
+        parallel = list(pool.map(ask, images))
+    for s, p in zip(sequential, parallel):
+        assert p["prediction"] == s["prediction"]
+        assert np.allclose(p["probabilities"], s["probabilities"], atol=1e-6)
+        assert p["features"][0]["data"] == s["features"][0]["data"]
