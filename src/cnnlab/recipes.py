@@ -32,7 +32,9 @@ RECIPES: dict[str, dict] = {
                  schedule="onecycle", augment="none", label_smoothing=0.1),
 
     # Highest single-model accuracy within 15 minutes on 2 cores (target >= 99.65%).
-    # Evidence: EVIDENCE-BEST
+    # Evidence: not yet established. Sized by measurement (best_cnn ~12x simple_cnn's work per
+    # image; ~15 CPU-minutes for 15 epochs at 1 thread), but no full 15-epoch run had finished on
+    # the shared machine when this was written, so the 99.65% target is unverified.
     "best": dict(model="best_cnn", epochs=15, batch_size=128, optimizer="adamw", lr=3e-3,
                  weight_decay=5e-4, schedule="onecycle", augment="affine", label_smoothing=0.05),
 }
