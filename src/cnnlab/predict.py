@@ -33,6 +33,7 @@ from .errors import CnnlabError
 # Bigger than any phone photo (a 48-megapixel camera is 8000x6000); larger files are refused
 # before their pixels are decoded, so a small "decompression bomb" cannot exhaust memory.
 MAX_PIXELS = 64_000_000
+MAX_FILE_BYTES = 256 * 2**20  # no image within MAX_PIXELS needs more; bigger files are not read
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 WORK_SIZE = 512   # images are shrunk to at most this many pixels per side before cleaning up
 DIGIT_BOX = 20    # MNIST: the digit fits a 20x20 box ...
@@ -57,6 +58,10 @@ def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Im
     else:
         name = name or str(source)
         try:
+            size = Path(source).stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageError(f"{name} is {size / 2**20:,.0f} MB, over the {MAX_FILE_BYTES / 2**20:.0f} MB "
+                                 f"limit for one image; scale it down", "too_large")
             raw = Path(source).read_bytes()
         except IsADirectoryError:
             raise ImageError(f"{name} is a folder, not an image", "unreadable") from None
