@@ -53,7 +53,7 @@ def test_report_file_is_self_contained(built, quick_run):
     assert html.count('src="data:image/png;base64,') == 6
     # The metrics table holds every epoch of metrics.jsonl.
     for e in quick_run.epochs:
-        assert f"{e.mean_loss:.4g}" in html and f"{e.test_accuracy:.4g}" in html
+        assert f"{e.mean_loss:.4g}" in html and f"{e.test_accuracy:.2%}" in html
     assert r["report"] == str(path) and r["bytes"] == len(html.encode())
 
 

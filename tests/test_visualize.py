@@ -125,6 +125,7 @@ def test_training_curves_are_the_runs_metrics(visuals, quick_run):
     assert f.data["epochs"] == [e.epoch for e in quick_run.epochs]
     assert f.data["test_accuracy"] == [e.test_accuracy for e in quick_run.epochs]
     assert f.data["mean_loss"] == pytest.approx([e.mean_loss for e in quick_run.epochs])
+    assert f.data["val_accuracy"] == [e.val_accuracy for e in quick_run.epochs]
 
 
 def test_saliency_marks_the_pixels_that_move_the_score(visuals, quick_run, test_split):

@@ -32,8 +32,9 @@ nav{display:flex;flex-wrap:wrap;gap:.2rem .9rem}
 .scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.9rem}
 th,td{padding:.25rem .6rem;border-bottom:1px solid #e3e6ea;text-align:left;vertical-align:top}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
-td{overflow-wrap:anywhere}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td:not(.num){overflow-wrap:anywhere}
+caption{text-align:left;color:#4a5561;font-size:.9rem;padding:.2rem 0}
 figure{margin:0}
 figure img{display:block;max-width:100%;height:auto;margin:.5rem auto;border:1px solid #eee}
 figcaption{color:#4a5561;font-size:.95rem}
@@ -60,6 +61,20 @@ def _cell(v) -> str:
     if isinstance(v, int) and not isinstance(v, bool):
         return f'<td class="num">{v:,}</td>'
     return f"<td>{escape(str(v))}</td>"
+
+
+EPOCH_COLUMNS = {"mean_loss": "mean loss", "test_accuracy": "test accuracy", "val_accuracy": "validation accuracy",
+                 "images_per_second": "images/s"}
+
+
+def _epoch_value(key, value):
+    if value is None:
+        return "-"
+    if key.endswith("accuracy") and isinstance(value, float):
+        return f"{value:.2%}"
+    if key == "images_per_second" and isinstance(value, (int, float)):
+        return round(value)
+    return value
 
 
 def _table(header: list[str], rows: list[list], caption: str | None = None) -> str:
@@ -96,7 +111,9 @@ def to_html(v: visualize.Visuals, config: dict, metrics: list[dict], per_class: 
     m = ['<section id="metrics"><h2>Metrics</h2>']
     if metrics:
         keys = list(dict.fromkeys(k for row in metrics for k in row))
-        m.append(_table(keys, [[row.get(k, "") for k in keys] for row in metrics], "Per epoch (metrics.jsonl)"))
+        m.append(_table([EPOCH_COLUMNS.get(k, k) for k in keys],
+                        [[_epoch_value(k, row.get(k, "")) for k in keys] for row in metrics],
+                        "Per epoch (metrics.jsonl)"))
     else:
         m.append('<p class="na">The run has no metrics.jsonl, so there are no per-epoch numbers.</p>')
     m.append(f"<p>Test set: <b>{s['accuracy']:.2%}</b> accuracy on {s['test_images']:,} images "

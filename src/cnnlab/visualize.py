@@ -355,8 +355,13 @@ def draw_curves(rows: list[dict]) -> MplFigure:
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [r["mean_loss"] for r in rows], "o-", color="tab:red")
     ax1.set(xlabel="epoch", ylabel="mean training loss (cross-entropy)", title="Training loss")
-    ax2.plot(epochs, [100 * r["test_accuracy"] for r in rows], "o-", color="tab:blue")
-    ax2.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+    ax2.plot(epochs, [100 * r["test_accuracy"] for r in rows], "o-", color="tab:blue", label="test")
+    val = [r.get("val_accuracy") for r in rows]
+    if any(v is not None for v in val):  # runs trained with early stopping on a validation split
+        ax2.plot(epochs, [100 * v if v is not None else np.nan for v in val], "s--", color="tab:green",
+                 label="validation")
+        ax2.legend()
+    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.set_xticks(epochs if len(epochs) <= 20 else ax.get_xticks())
@@ -572,10 +577,12 @@ def render(run, *, index: int = 0, image=None, explain: list[int] | None = None,
         if rows:
             figures.append(Figure(
                 "curves", "Training curves",
-                "Mean training loss and test accuracy after each epoch, from the run's metrics.jsonl.",
+                "Mean training loss and test (and, when the run held one out, validation) accuracy after each "
+                "epoch, from the run's metrics.jsonl.",
                 _png(draw_curves(rows)),
                 {"epochs": [r.get("epoch") for r in rows], "mean_loss": [r["mean_loss"] for r in rows],
-                 "test_accuracy": [r["test_accuracy"] for r in rows]}))
+                 "test_accuracy": [r["test_accuracy"] for r in rows],
+                 "val_accuracy": [r.get("val_accuracy") for r in rows]}))
         else:
             not_applicable.append({"figure": "curves", "reason": "the run has no metrics.jsonl with per-epoch "
                                                                  "loss and accuracy to plot"})
