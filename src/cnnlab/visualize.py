@@ -220,7 +220,7 @@ def cam_layer(model: nn.Module, x: torch.Tensor) -> str | None:
 
 def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017) at `layer`: ReLU(sum_k mean(dY/dA_k) A_k), upsampled to
-    the input size and scaled to [0, 1]. `model` must not use in-place activations (see explain)."""
+    the input size and scaled to [0, 1]. `model` must not use in-place activations (_without_inplace)."""
     model.eval()
     kept = {}
 
