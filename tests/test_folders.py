@@ -134,3 +134,14 @@ def test_train_on_a_folder_saves_class_names_used_by_evaluate_and_load(tmp_path,
     assert set(answers) <= {"one", "two", "zero"}
     assert sum(a == t for a, t in zip(answers, truth)) == report["correct"]
 
+    # Image files given to predict are prepared the way training prepared them (only resized),
+    # not MNIST-style (cropped and re-centred), so predict sees exactly what training saw.
+    from cnnlab.predict import predict_files
+
+    files = sorted((tmp_path / "digits" / "one").glob("*.jpg"))[:5]
+    saved = tmp_path / "seen"
+    results = predict_files(load_classifier(out), files, save_preprocessed=saved)
+    for f, r in zip(files, results):
+        as_trained = data.resize_gray(Image.open(f))
+        assert np.array_equal(np.asarray(Image.open(r["preprocessed"])), as_trained)
+        assert r["prediction"] == predict_images(load_classifier(out), as_trained[None])[0]["prediction"]

@@ -116,6 +116,8 @@ def test_cli_text_json_errors_and_saved_images(quick_run, photos, tmp_path, caps
     jpeg = sorted(photos.iterdir())[0].read_bytes()
     (bad / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     (bad / "bomb.png").write_bytes(bomb_png())
+    with open(bad / "huge.tif", "wb") as f:  # 300 MB, sparse: nothing is really written
+        f.truncate(300 * 2**20)
     good = sorted(photos.iterdir())[:3]
     out = tmp_path / "seen"
 
@@ -123,7 +125,7 @@ def test_cli_text_json_errors_and_saved_images(quick_run, photos, tmp_path, caps
     assert r.returncode == 1, r.stderr
     results = json.loads(r.stdout)
     assert [name_of(x["file"]) for x in results] == [p.name for p in good] + [
-        "bomb.png", "empty.png", "notes.png", "truncated.jpg"]
+        "bomb.png", "empty.png", "huge.tif", "notes.png", "truncated.jpg"]
     for x in results[:3]:
         assert set(x) >= {"file", "prediction", "probabilities"} and len(x["probabilities"]) == 10
         assert abs(sum(x["probabilities"]) - 1) < 1e-4 and len(x["top_k"]) == 2
@@ -131,6 +133,7 @@ def test_cli_text_json_errors_and_saved_images(quick_run, photos, tmp_path, caps
     errors = {name_of(x["file"]): x["error"] for x in results[3:]}
     assert set(results[3]) == {"file", "error"}
     assert "megapixels" in errors["bomb.png"]
+    assert "300 MB, over the 256 MB limit" in errors["huge.tif"]
     assert "empty" in errors["empty.png"]
     assert "not an image" in errors["notes.png"]
     assert "truncated" in errors["truncated.jpg"]

@@ -230,15 +230,24 @@ def folder_info(name: str) -> DatasetInfo:
     return DatasetInfo(name, name[len(FOLDER):], "ImageFolder", {}, classes)
 
 
+def resize_gray(im) -> np.ndarray:
+    """A PIL image of any size, grayscale or colour -> uint8 [28, 28] grayscale (antialiased resize).
+
+    This is all the preprocessing a folder dataset gets, in training and in prediction alike.
+    """
+    from PIL import Image
+
+    im = im.convert("L")
+    if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+        im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
+
+
 def _read_image(path: str) -> np.ndarray:
-    """Any size, grayscale or colour -> uint8 [28, 28] grayscale (antialiased resize)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("L")
-        if im.size != (IMAGE_SIZE, IMAGE_SIZE):
-            im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+        return resize_gray(im)
 
 
 def _read_tree(root: Path, classes: list) -> Split:

@@ -33,6 +33,7 @@ from .errors import CnnlabError
 # Bigger than any phone photo (a 48-megapixel camera is 8000x6000); larger files are refused
 # before their pixels are decoded, so a small "decompression bomb" cannot exhaust memory.
 MAX_PIXELS = 64_000_000
+MAX_FILE_BYTES = 256 * 2**20  # no image within MAX_PIXELS needs more; bigger files are not read
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 WORK_SIZE = 512   # images are shrunk to at most this many pixels per side before cleaning up
 DIGIT_BOX = 20    # MNIST: the digit fits a 20x20 box ...
@@ -57,6 +58,10 @@ def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Im
     else:
         name = name or str(source)
         try:
+            size = Path(source).stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageError(f"{name} is {size / 2**20:,.0f} MB, over the {MAX_FILE_BYTES / 2**20:.0f} MB "
+                                 f"limit for one image; scale it down", "too_large")
             raw = Path(source).read_bytes()
         except IsADirectoryError:
             raise ImageError(f"{name} is a folder, not an image", "unreadable") from None
@@ -218,6 +223,7 @@ class Classifier:
     classes: list
     mean: float
     std: float
+    dataset: str = "mnist"   # what the model was trained on decides how an image file is prepared
     trained: object = None   # cnnlab.runs.TrainedModel for a run folder
     session: object = None   # onnxruntime.InferenceSession for an ONNX file
     metadata: dict | None = None
@@ -226,6 +232,16 @@ class Classifier:
         # One model, many server threads: forward passes (and the hooks that read feature maps)
         # take turns. Each pass on one image is about a millisecond.
         self.lock = threading.Lock()
+
+    def prepare(self, image: Image.Image, name: str = "image") -> np.ndarray:
+        """An opened image file -> the uint8 [28, 28] input this model was trained on.
+
+        Runs trained on an image folder saw their images only resized (data.resize_gray), so
+        theirs are too; MNIST-style datasets get the MNIST-style treatment (to_mnist).
+        """
+        if self.dataset.startswith(data_mod.FOLDER):
+            return data_mod.resize_gray(image)
+        return to_mnist(image, name=name)
 
     def logits(self, images_u8: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images_u8, dtype=np.uint8))
@@ -247,7 +263,8 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
         return _load_onnx(path)
     from .runs import load
     trained = load(path)
-    return Classifier(str(path), list(trained.classes), trained.mean, trained.std, trained=trained)
+    return Classifier(str(path), list(trained.classes), trained.mean, trained.std,
+                      dataset=trained.config.get("dataset", "mnist"), trained=trained)
 
 
 def _load_onnx(path: Path) -> Classifier:
@@ -264,7 +281,8 @@ def _load_onnx(path: Path) -> Classifier:
                           f"'cnnlab export RUN_DIR --format onnx'")
     info = json.loads(meta["cnnlab"])
     return Classifier(str(path), list(info["classes"]), float(info["normalization"]["mean"]),
-                      float(info["normalization"]["std"]), session=session, metadata=info)
+                      float(info["normalization"]["std"]), dataset=info.get("dataset", "mnist"),
+                      session=session, metadata=info)
 
 
 # --- files -> predictions -------------------------------------------------------------------------
@@ -319,7 +337,7 @@ def predict_files(clf: Classifier, inputs, top_k: int = 3, save_preprocessed: st
     for f in files:
         results.append({"file": str(f)})
         try:
-            arr = to_mnist(open_image(f), name=str(f))
+            arr = clf.prepare(open_image(f), name=str(f))
         except ImageError as e:
             results[-1]["error"] = str(e)
             continue

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from . import __version__, conv, kernels
 from .errors import CnnlabError
-from .predict import Classifier, ImageError, load_classifier, open_image, predict_images, to_mnist
+from .predict import Classifier, ImageError, load_classifier, open_image, predict_images
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_UPLOAD = 5 * 1024 * 1024           # bytes; larger requests get 413
@@ -249,7 +249,7 @@ def create_app(model: str | Path | Classifier) -> FastAPI:
                 img = np.round(array_image(payload["image"])).astype(np.uint8)
             else:
                 try:
-                    img = to_mnist(open_image(payload, name="upload"), name="upload")
+                    img = clf.prepare(open_image(payload, name="upload"), name="upload")
                 except ImageError as e:
                     raise _image_error(e) from None
             result = predict_images(clf, img[None], top_k=len(clf.classes))[0]
