@@ -34,11 +34,9 @@ RECIPES: dict[str, dict] = {
                  schedule="onecycle", augment="none", label_smoothing=0.1),
 
     # Highest single-model accuracy within 15 minutes on 2 cores (target >= 99.65%).
-    # Evidence (same machine, load 4-9 from other jobs, --threads 1, 2026-11-24): seed 0 reached
-    # 99.68% MNIST test accuracy; 1,643 s wall at that load, of which the process got ~9.5 CPU-
-    # minutes (ps: 8:25 CPU after 25 of its 27 minutes), so one idle core does it in ~10 minutes,
-    # inside the 15-minute budget. One seed only: the mean of 3 is unverified. Peak RSS 1,331 MiB.
-    # Fashion-MNIST with 3 epochs (--quick): 90.03%.
+    # Evidence (2-core Zen 4, 1 thread, 2026-11-24): seed 0 99.68% (load 4-9, ~9.5 CPU-minutes),
+    # seed 1 99.70% in 617 s on a quiet machine (~38 s/epoch); mean of 2 seeds 99.69%. A third
+    # seed was not run. Peak RSS 1,064-1,331 MiB. Fashion-MNIST with 3 epochs (--quick): 90.03%.
     "best": dict(model="best_cnn", epochs=15, batch_size=128, optimizer="adamw", lr=3e-3,
                  weight_decay=5e-4, schedule="onecycle", augment="affine", label_smoothing=0.05),
 }
