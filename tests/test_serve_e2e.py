@@ -84,7 +84,7 @@ def test_binds_loopback_only_by_default(server):
 
 
 def test_draw_in_real_browser(server, browser, tmp_path):
-    # CNNLAB_SCREENSHOT_DIR=docs/img keeps the screenshot (README uses it); else a temporary folder.
+    # CNNLAB_SCREENSHOT_DIR=docs/images keeps the screenshot (README uses it); else a temporary folder.
     shots = Path(os.environ.get("CNNLAB_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     requests_outside = []
