@@ -22,24 +22,27 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def bounded(cast, ok, rule: str, kind: str = "a number"):
+    """An argparse type: parse the text with cast, then require ok(value). Both failures are one
+    line saying what was expected (argparse prefixes the flag's name)."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got '{text}'") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
-    return value
+positive_int = bounded(int, lambda v: v >= 1, "at least 1", "a whole number")
+nonnegative_int = bounded(int, lambda v: v >= 0, "0 or more", "a whole number")
+positive_float = bounded(float, lambda v: v > 0, "greater than 0")
+fraction = bounded(float, lambda v: 0 < v <= 1, "a fraction in (0, 1] such as 0.99 (not a percentage)",
+                   "a fraction such as 0.99")
+share = bounded(float, lambda v: 0 <= v < 1, "a fraction in [0, 1) such as 0.1", "a fraction such as 0.1")
+port = bounded(int, lambda v: 1 <= v <= 65535, "a port number 1-65535", "a port number")
 
 
 def add_json_flag(p: argparse.ArgumentParser) -> None:

@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-from . import add_json_flag, positive_int, print_json
-
-
-def nonnegative_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+from . import add_json_flag, nonnegative_int, positive_int, print_json
 
 
 def add_parser(sub) -> None:

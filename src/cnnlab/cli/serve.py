@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import port
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="web app: draw a digit, see the prediction and inside the network",
@@ -10,21 +12,10 @@ def add_parser(sub) -> None:
                                    "use --host 0.0.0.0 to let other machines in.")
     p.add_argument("model", metavar="RUN_DIR", help="a folder written by 'cnnlab train' (or a .onnx file)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--port", type=port, default=8000, help="TCP port (default 8000)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default warning; info logs every request)")
     p.set_defaults(func=run)
-
-
-def _port(text: str) -> int:
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got '{text}'") from None
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {value}")
-    return value
 
 
 def run(args) -> int:

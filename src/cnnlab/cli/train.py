@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from . import add_json_flag, positive_float, positive_int, print_json
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.99, got '{text}'") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1] such as 0.99 (not a percentage), got {value}")
-    return value
-
-
-def share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.1, got '{text}'") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1) such as 0.1, got {value}")
-    return value
+from . import add_json_flag, fraction, positive_float, positive_int, print_json, share
 
 
 def add_parser(sub) -> None:
