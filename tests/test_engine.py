@@ -73,7 +73,7 @@ def test_cli_recipe_with_override_and_target(data_dir, tmp_path):
     assert report["recipe"] == "fast" and report["model"] == "fast_cnn"
     assert report["target_reached"] is True and report["test_accuracy"] >= 0.85
     saved = json.loads((out / "config.json").read_text())["recipe"]
-    assert saved["recipe"] == "fast" and saved["epochs"] == 2 and saved["batch_size"] == 128
+    assert saved["recipe"] == "fast" and saved["epochs"] == 2 and saved["batch_size"] == recipes.RECIPES["fast"]["batch_size"]
     assert "reached 85.00% test accuracy after" in r.stderr
 
 

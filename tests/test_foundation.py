@@ -111,6 +111,7 @@ def test_train_cli_json_reports_epochs_and_run_dir(tmp_path):
     (["--lr", "-0.1"], "argument --lr: must be greater than 0, got -0.1"),
     (["--epochs", "two"], "expected a whole number, got 'two'"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
+    (["--schedule", "onecycle", "--limit-train", "100"], "--schedule onecycle needs at least 5 training steps, this run has 4"),
 ])
 def test_train_argument_errors_are_one_line_and_exit_2(tmp_path, args, message):
     proc = run_cli("train", *args, "--out", tmp_path / "never")

@@ -118,6 +118,10 @@ def _scheduler(optimizer, cfg: "TrainConfig", total_steps: int):
     """A learning-rate schedule stepped once per batch (None: the rate stays at --lr)."""
     S = torch.optim.lr_scheduler
     if cfg.schedule == "onecycle":  # warm up to lr over 25% of steps, then anneal to ~0
+        if total_steps < 5:  # OneCycleLR divides by zero when its warm-up has no step of its own
+            raise CnnlabError(f"--schedule onecycle needs at least 5 training steps, this run has "
+                              f"{total_steps}; use more images, more epochs, a smaller --batch-size "
+                              f"or another --schedule")
         return S.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25)
     if cfg.schedule == "cosine":
         return S.CosineAnnealingLR(optimizer, T_max=total_steps)
