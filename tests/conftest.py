@@ -28,6 +28,14 @@ def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=timeout)
 
 
+def assert_usage_error(code: int, stderr: str, message: str) -> None:
+    """What every error a user can cause must look like: exit status 2 and one line that names
+    the problem, no traceback."""
+    assert code == 2, stderr
+    assert message in stderr and "Traceback" not in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "MNIST" / "raw").is_dir():

@@ -3,7 +3,6 @@ unpickling, never a traceback) for truncated, tampered or foreign files."""
 
 from __future__ import annotations
 
-import json
 import pickle
 
 import pytest

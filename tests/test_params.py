@@ -8,7 +8,7 @@ import torch
 from cnnlab import params
 from cnnlab.models import build_model, model_names
 
-from conftest import run_cli, run_main
+from conftest import assert_usage_error, run_cli, run_main
 
 
 def test_lecture_numbers_are_the_lectures():
@@ -101,5 +101,4 @@ def test_cli_lecture(capsys):
 ])
 def test_cli_errors_are_one_line(capsys, args, message):
     code, _, err = run_main(capsys, "params", *args)
-    assert code == 2
-    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert_usage_error(code, err, message)

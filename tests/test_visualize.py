@@ -16,7 +16,7 @@ from cnnlab import visualize as V
 from cnnlab.models import REGISTRY, build_model
 from cnnlab.runs import TrainedModel
 
-from conftest import run_cli
+from conftest import assert_usage_error, run_cli
 
 LIMIT = 500
 
@@ -249,9 +249,7 @@ def test_cli_errors_are_one_line_and_write_nothing(args, message, quick_run, tmp
         code = main(["visualize", str(quick_run.run_dir), "--out", str(out), *args])
     except SystemExit as e:  # argparse's own checks exit from inside the parser
         code = e.code
-    assert code == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert_usage_error(code, capsys.readouterr().err, message)
     assert not out.exists()
 
 
