@@ -44,8 +44,8 @@ def metrics_from_predictions(labels: torch.Tensor, preds: torch.Tensor, classes:
     }
 
 
-def accuracy(model, split: data_mod.Split, mean: float, std: float, device="cpu") -> float:
-    preds = predict_logits(model, split.images, mean, std, device).argmax(1)
+def accuracy(model, split: data_mod.Split, mean: float, std: float, device="cpu", batch_size: int = 2048) -> float:
+    preds = predict_logits(model, split.images, mean, std, device, batch_size).argmax(1)
     return float((preds == split.labels).float().mean())
 
 

@@ -35,7 +35,7 @@ from . import augment as augment_mod
 from . import data as data_mod
 from . import runs
 from .errors import CnnlabError, Interrupted, RunError
-from .evaluate import predict_logits
+from .evaluate import accuracy as split_accuracy
 from .models import build_model, count_parameters, get_spec
 
 
@@ -447,10 +447,9 @@ def _train(cfg, procs, data_dir, out, save, progress, log, resume, ckpt, state) 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    def accuracy(split: data_mod.Split) -> float:
+    def accuracy(split: data_mod.Split) -> float:  # evaluation in the run's precision
         with autocast():
-            logits = predict_logits(model, split.images, info.mean, info.std, device, cfg.eval_batch_size)
-        return float((logits.argmax(1) == split.labels).float().mean())
+            return split_accuracy(model, split, info.mean, info.std, device, cfg.eval_batch_size)
 
     # On a GPU the whole uint8 training set (47 MB for MNIST) moves once; batches are sliced there.
     images, labels = train_split.images.to(device), train_split.labels.to(device)
