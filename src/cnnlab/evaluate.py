@@ -12,6 +12,9 @@ from .errors import DataError
 def predict_logits(model: torch.nn.Module, images_u8: torch.Tensor, mean: float, std: float,
                    device: torch.device | str = "cpu", batch_size: int = 2048) -> torch.Tensor:
     """Logits for uint8 images [N, H, W], in chunks so memory stays flat for any N."""
+    # Test-time augmentation feeds the network several views per image: fewer images per chunk
+    # keep each forward pass (and its activations) the size it is without.
+    batch_size = max(1, batch_size // getattr(model, "views", 1))
     was_training = model.training
     model.eval()
     out = []
@@ -50,14 +53,20 @@ def accuracy(model, split: data_mod.Split, mean: float, std: float, device="cpu"
 
 
 def evaluate(run, dataset: str | None = None, data_dir=None, limit: int | None = None,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", tta: bool = False) -> dict:
     """Evaluate a run folder (or a loaded TrainedModel) on its dataset's test split.
 
+    tta=True averages each image's prediction with its 1-pixel shifts (cnnlab.ensemble.TTA).
     Returns accuracy (fraction), per_class_accuracy (list), confusion_matrix (rows = true class).
     """
+    from dataclasses import replace
+
+    from .ensemble import TTA
     from .runs import TrainedModel, load
 
     trained = run if isinstance(run, TrainedModel) else load(run, device=device)
+    if tta and not isinstance(trained.model, TTA):
+        trained = replace(trained, model=TTA(trained.model))
     name = dataset or trained.config.get("dataset", "mnist")
     # A folder without train/ and test/ is tested on the share --val-split held out in training.
     val_split = (trained.config.get("recipe") or {}).get("val_split") or 0.0
@@ -69,6 +78,7 @@ def evaluate(run, dataset: str | None = None, data_dir=None, limit: int | None =
     preds = trained.logits(test.images).argmax(1)
     result = metrics_from_predictions(test.labels, preds, trained.classes)
     result["dataset"] = name
+    result["tta"] = isinstance(trained.model, TTA)
     result["skipped_images"] = len(test.skipped)
     result["run_dir"] = str(trained.run_dir) if trained.run_dir else None
     return result

@@ -256,13 +256,18 @@ class Classifier:
         return torch.from_numpy(self.logits(images_u8)).float().softmax(dim=1).numpy()
 
 
-def load_classifier(path: str | os.PathLike) -> Classifier:
-    """A run folder (from cnnlab train) or a .onnx file (from cnnlab export)."""
+def load_classifier(path: str | os.PathLike, tta: bool = False) -> Classifier:
+    """A run folder (from cnnlab train) or a .onnx file (from cnnlab export).
+
+    tta=True (run folders only) averages each image's prediction with its 1-pixel shifts.
+    """
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".onnx":
+        if tta:
+            raise CnnlabError(f"--tta needs a run folder; {path} is an exported ONNX file with a fixed graph")
         return _load_onnx(path)
     from .runs import load
-    trained = load(path)
+    trained = load(path, tta=tta)
     return Classifier(str(path), list(trained.classes), trained.mean, trained.std,
                       dataset=trained.config.get("dataset", "mnist"), trained=trained)
 

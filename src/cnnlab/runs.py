@@ -1,6 +1,6 @@
 """Run folders: what a training run leaves behind, written atomically, and loading it back.
 
-A run folder holds
+A run folder holds (an ensemble's folder holds run folders instead: see cnnlab.ensemble)
   model.safetensors  weights only (safetensors: loading never unpickles anything)
   config.json        model name, dataset, classes, normalisation, recipe, seed, library versions
   metrics.jsonl      one JSON object per epoch
@@ -175,13 +175,31 @@ class TrainedModel:
         return self.logits(images).argmax(dim=1)
 
 
-def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedModel:
-    """Load a run folder: the model in eval mode with its preprocessing."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu", tta: bool = False) -> TrainedModel:
+    """Load a run folder: the model in eval mode with its preprocessing.
+
+    An ensemble folder (cnnlab.ensemble) loads as one model averaging its members' probabilities.
+    tta=True wraps the model in test-time augmentation (ensemble.TTA: the image and its 1-pixel shifts).
+    """
+    from . import ensemble
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
+    if config["model"] == ensemble.ENSEMBLE:
+        model = ensemble.load_members(run_dir, config, device)
+    else:
+        model = _load_weights(run_dir, config)
+    if tta:
+        model = ensemble.TTA(model)
+    device = torch.device(device)
+    model.to(device).eval()
+    return TrainedModel(model, config, run_dir, device)
+
+
+def _load_weights(run_dir: Path, config: dict) -> torch.nn.Module:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     get_spec(config["model"])  # unknown model name -> clear error
     if "normalization" not in config:
         raise RunError(f"{run_dir / CONFIG} lacks 'normalization'; it is not a complete cnnlab run config")
@@ -199,9 +217,7 @@ def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Trai
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:300]
         raise RunError(f"{weights} does not fit model '{config['model']}': {detail}") from None
-    device = torch.device(device)
-    model.to(device).eval()
-    return TrainedModel(model, config, run_dir, device)
+    return model
 
 
 # --- Resumable checkpoints -----------------------------------------------------------------------

@@ -29,6 +29,7 @@ from torch import nn
 
 from . import data as data_mod
 from . import kernels, runs
+from .ensemble import ENSEMBLE
 from .errors import CnnlabError
 from .evaluate import metrics_from_predictions, predict_logits
 
@@ -468,6 +469,9 @@ def render(run, *, index: int = 0, image=None, explain: list[int] | None = None,
     limit: use the first N test images for the confusion matrix and the mistakes.
     """
     trained = run if isinstance(run, runs.TrainedModel) else runs.load(run)
+    if trained.name == ENSEMBLE:  # filters and feature maps belong to one network
+        raise CnnlabError(f"{trained.run_dir} is an ensemble; draw one of its networks by passing a member "
+                          f"folder such as {trained.run_dir / trained.config['members'][0]}")
     model, classes = trained.model, trained.classes
     dataset = trained.config.get("dataset", "mnist")
     test_full = data_mod.load(dataset, "test", data_dir)

@@ -12,7 +12,7 @@ import json
 import sys
 
 # Order here is the order in `cnnlab --help`.
-COMMANDS = ["train", "evaluate", "params", "conv", "kernels", "pool", "compare", "visualize", "report",
+COMMANDS = ["train", "ensemble", "evaluate", "params", "conv", "kernels", "pool", "compare", "visualize", "report",
             "predict", "export", "serve"]
 
 

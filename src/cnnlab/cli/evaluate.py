@@ -10,10 +10,13 @@ from . import add_json_flag, positive_int, print_json
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a run",
                        description="Evaluate a run folder on its dataset's test split.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'cnnlab train'")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'cnnlab train' or 'cnnlab ensemble'")
     p.add_argument("--dataset", default=None, help="evaluate on another dataset's test split (default: the run's)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default $CNNLAB_DATA_DIR, else ./data)")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="the first N test images only")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average each image's prediction over the image and its "
+                        "four 1-pixel shifts (5x the compute)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -24,14 +27,14 @@ def run(args) -> int:
 
     from ..evaluate import evaluate
 
-    r = evaluate(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit)
+    r = evaluate(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit, tta=args.tta)
     if r["skipped_images"]:
         print(f"warning: skipped {r['skipped_images']} unreadable image(s) in {r['dataset']}", file=sys.stderr)
     if args.json:
         print_json(r)
         return 0
     console = Console()
-    console.print(f"[bold]{r['run_dir']}[/] on {r['dataset']} test: accuracy "
+    console.print(f"[bold]{r['run_dir']}[/] on {r['dataset']} test{' with TTA' if r['tta'] else ''}: accuracy "
                   f"[bold]{r['accuracy']:.2%}[/] ({r['correct']:,}/{r['total']:,})")
     per = Table(title="Per-class accuracy")
     per.add_column("class")

@@ -19,6 +19,9 @@ def add_parser(sub) -> None:
                    help="how many classes to print per image, most likely first (default 3)")
     p.add_argument("--save-preprocessed", metavar="DIR", default=None,
                    help="write the 28x28 image the model saw for each input to DIR as PNG")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the prediction over the image and its four "
+                        "1-pixel shifts (5 forward passes per image; run folders only)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -28,7 +31,7 @@ def run(args) -> int:
 
     from ..predict import load_classifier, predict_files
 
-    clf = load_classifier(args.model)
+    clf = load_classifier(args.model, tta=args.tta)
     results = predict_files(clf, args.inputs, top_k=min(args.top_k, len(clf.classes)),
                             save_preprocessed=args.save_preprocessed)
     failed = sum("error" in r for r in results)

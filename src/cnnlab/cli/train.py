@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from . import add_json_flag, fraction, positive_float, positive_int, print_json, share
+from . import add_json_flag, bounded, fraction, positive_float, positive_int, print_json, share
+
+members = bounded(int, lambda v: v >= 2, "at least 2 (leave --ensemble out to train one model)", "a whole number")
 
 
 def add_parser(sub) -> None:
@@ -64,6 +66,10 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue an interrupted run from its checkpoint, with its saved settings "
                         "(only --epochs, --device and --threads may be given as well)")
+    p.add_argument("--ensemble", type=members, default=None, metavar="N",
+                   help="train N models with seeds SEED, SEED+1, ... into OUT/member-1 ... and average their "
+                        "probabilities; reports each member's, the ensemble's and the ensemble's test-time "
+                        "augmented test accuracy")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -81,6 +87,8 @@ def run(args) -> int:
     # With --json, stdout carries only the JSON object; human-readable lines go to stderr.
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     given = {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
+    if args.ensemble:
+        return run_ensemble(args, given, log)
     try:
         if args.resume:
             if args.out:
@@ -95,4 +103,26 @@ def run(args) -> int:
         return e.exit_code
     if args.json and int(os.environ.get("RANK", "0")) == 0:
         print_json(result.to_json())
+    return 0
+
+
+def run_ensemble(args, given: dict, log) -> int:
+    from ..ensemble import train_ensemble
+    from .ensemble import print_summary
+    from ..errors import CnnlabError, Interrupted
+    from ..recipes import config
+
+    if args.resume:
+        raise CnnlabError("--resume continues one run; resume an ensemble's members one by one "
+                          "(--resume OUT/member-K), then join them with 'cnnlab ensemble'")
+    try:
+        r = train_ensemble(config(args.recipe, **given), args.ensemble, data_dir=args.data_dir, out=args.out,
+                           log=log, progress=not args.json)
+    except Interrupted as e:
+        print(f"cnnlab train: {e}; then join the finished members with 'cnnlab ensemble'", file=sys.stderr)
+        return e.exit_code
+    if args.json:
+        print_json(r)
+    else:
+        print_summary(r)
     return 0
