@@ -165,6 +165,8 @@ def evaluate_ensemble(run_dir, data_dir=None, limit: int | None = None) -> dict:
     trained = runs.load(run_dir)
     members = [{"run_dir": str(d), "test_accuracy": evaluate(d, data_dir=data_dir, limit=limit)["accuracy"]}
                for d in member_dirs(run_dir, trained.config)]
+    for member, source in zip(members, trained.config.get("sources") or []):  # joined by `cnnlab ensemble`
+        member["source"] = source
     plain = evaluate(trained, data_dir=data_dir, limit=limit)
     tta = evaluate(trained, data_dir=data_dir, limit=limit, tta=True)
     return {"run_dir": str(run_dir), "dataset": plain["dataset"], "test_images": plain["total"],
@@ -192,6 +194,7 @@ def train_ensemble(config, n: int, *, data_dir=None, out=None, progress: bool = 
                              progress=progress, log=log))
     # Written last: a folder without it is an ensemble whose training did not finish.
     runs.write_json(root / runs.CONFIG, ensemble_config(names, [runs.read_config(root / m) for m in names]))
+    log(f"evaluating each member, the ensemble and the ensemble with TTA ({len(SHIFTS)} views per image)")
     report = evaluate_ensemble(root, data_dir=data_dir, limit=config.limit_test)
     for member, result in zip(report["members"], results):
         member["seed"] = result.config.seed
