@@ -106,9 +106,16 @@ class TrainConfig:
         return self
 
 
+def _fused(params) -> dict:
+    """fused=True where PyTorch has a fused Adam kernel for these tensors: one kernel per step
+    instead of a dozen foreach passes. Measured on fast_cnn's 30k parameters (1 thread): 0.43 ms
+    against 1.12 ms per step (foreach), about 0.3 ms of each ~12 ms step of the fast recipe."""
+    return {"fused": True} if all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) else {}
+
+
 OPTIMIZERS = {
-    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
-    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay, **_fused(params)),
+    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay, **_fused(params)),
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=0.9, nesterov=True,
                                              weight_decay=c.weight_decay),
 }
@@ -434,7 +441,7 @@ def _train(cfg, procs, data_dir, out, save, progress, log, resume, ckpt, state) 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes=len(info.classes)).to(device, memory_format=memory_format)
     params = count_parameters(model)
-    optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), cfg)
+    optimizer = OPTIMIZERS[cfg.optimizer](list(model.parameters()), cfg)
     # Same seeds on every process: shuffles agree (each takes its own slice of one order), and
     # with equal shards the generators stay in step, so rank 0's states resume every rank.
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -474,6 +481,12 @@ def _train(cfg, procs, data_dir, out, save, progress, log, resume, ckpt, state) 
         try:
             model.load_state_dict({k[6:]: v for k, v in ckpt.items() if k.startswith("model/")})
             optimizer.load_state_dict(runs.unpack(state["optimizer"], ckpt))
+            # Checkpoints store tensors contiguous; give each moment its parameter's memory layout
+            # again (channels_last), since the fused Adam kernel pairs elements in memory order.
+            for p, s in optimizer.state.items():
+                for k, v in s.items():
+                    if v.shape == p.shape and v.stride() != p.stride():
+                        s[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
             if scheduler:
                 scheduler.load_state_dict(runs.unpack(state["scheduler"], ckpt))
         except (RuntimeError, KeyError, ValueError) as e:
