@@ -191,11 +191,33 @@ def test_predict_tta_averages_the_views_of_the_preprocessed_image(ens, test_spli
 @pytest.mark.parametrize("args, message", [
     (["--ensemble", "1"], "argument --ensemble: must be at least 2"),
     (["--ensemble", "0"], "argument --ensemble: must be at least 2"),
-    (["--ensemble", "2", "--resume", "somewhere"], "--resume continues one run"),
+    (["--ensemble", "2", "--resume", "nowhere"], "nowhere holds no member-1/config.json; pass the folder"),
+    (["--ensemble", "2", "--resume", "nowhere", "--out", "x"], "--resume continues in the ensemble's own folder"),
 ])
 def test_train_ensemble_usage_errors(args, message, capsys):
     code, _, err = run_main(capsys, "train", *args)
     assert_usage_error(code, err, message)
+
+
+def test_resume_finishes_an_interrupted_ensemble_identically(ens, tmp_path):
+    """An ensemble stopped before member 2: --resume keeps member 1 and trains member 2 with seed 4,
+    bit for bit the network the uninterrupted run made."""
+    out, report = ens
+    stopped = tmp_path / "stopped"
+    shutil.copytree(out, stopped)
+    (stopped / "config.json").unlink()
+    shutil.rmtree(stopped / "member-2")
+    member_1 = (stopped / "member-1" / "model.safetensors").read_bytes()
+    proc = run_cli("train", "--ensemble", "2", "--resume", stopped, "--threads", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert "member 1/2 (seed 3): finished before, kept" in proc.stderr
+    assert [m["seed"] for m in r["members"]] == [3, 4] and r["members"][0]["train_seconds"] is None
+    assert (stopped / "member-1" / "model.safetensors").read_bytes() == member_1
+    assert (stopped / "member-2" / "model.safetensors").read_bytes() == (out / "member-2" / "model.safetensors").read_bytes()
+    assert r["test_accuracy"] == report["test_accuracy"] and r["test_images"] == N_TEST
+    again = run_cli("train", "--ensemble", "2", "--resume", stopped)
+    assert_usage_error(again.returncode, again.stderr, "is a finished run or ensemble; nothing to resume")
 
 
 def test_members_with_other_classes_are_refused_and_nothing_is_written(ens, tmp_path, data_dir, capsys):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -102,7 +102,8 @@ def _evaluated_on(config: dict) -> dict:
         "dataset": dataset,
         # A folder without train/ and test/ is tested on the share held out by --val-split: members
         # must hold out the same share, or one member's test images are another's training images.
-        "val_split": val_split if data_mod.test_is_held_out(dataset) else 0.0,
+        # (Decided from the name alone: loading for predict or serve must not need the images.)
+        "val_split": val_split if dataset.startswith(data_mod.FOLDER) else 0.0,
     }
 
 
@@ -174,33 +175,73 @@ def evaluate_ensemble(run_dir, data_dir=None, limit: int | None = None) -> dict:
             "tta_shifts": [list(s) for s in SHIFTS]}
 
 
-def train_ensemble(config, n: int, *, data_dir=None, out=None, progress: bool = True,
-                   log: Callable[[str], None] | None = print) -> dict:
+def train_ensemble(config, n: int, *, data_dir=None, out=None, resume=None, progress: bool = True,
+                   log: Callable[[str], None] | None = print, **overrides) -> dict:
     """Train n members with seeds seed, seed+1, ... (each an ordinary run in OUT/member-k, through
     train.train), write the ensemble's config and evaluate it. Returns evaluate_ensemble's dict plus
-    each member's training result."""
+    each member's seed and training time.
+
+    resume=DIR finishes an interrupted `train --ensemble` in DIR: finished members are kept, an
+    interrupted one resumes from its checkpoint, missing ones are trained with member-1's saved
+    settings. overrides (device, threads only) apply to what is trained now.
+    """
     from .train import TrainConfig, train
 
     log = log or (lambda s: None)
     if n < 2:
         raise CnnlabError(f"--ensemble needs at least 2 members, got {n}; leave it out to train one model")
-    config = (config or TrainConfig()).validate()
-    root = runs.new_run_dir(f"{ENSEMBLE}-{config.model}", out)
-    names, results = [], []
+    if resume is not None:
+        root, config = _unfinished(Path(resume), overrides)
+    else:
+        config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides}).validate()
+        root = runs.new_run_dir(f"{ENSEMBLE}-{config.model}", out)
+    names, seconds = [], []
     for k in range(1, n + 1):
-        log(f"ensemble member {k}/{n} (seed {config.seed + k - 1})")
         names.append(MEMBER.format(k))
-        results.append(train(replace(config, seed=config.seed + k - 1), data_dir=data_dir, out=root / names[-1],
-                             progress=progress, log=log))
+        folder, seed = root / names[-1], config.seed + k - 1
+        if (folder / runs.WEIGHTS).is_file():  # weights are written when a run finishes
+            log(f"ensemble member {k}/{n} (seed {seed}): finished before, kept")
+            seconds.append(None)
+            continue
+        log(f"ensemble member {k}/{n} (seed {seed})")
+        if folder.exists():
+            result = train(data_dir=data_dir, resume=folder, progress=progress, log=log, **overrides)
+        else:
+            result = train(replace(config, seed=seed), data_dir=data_dir, out=folder, progress=progress, log=log)
+        seconds.append(result.train_seconds)
     # Written last: a folder without it is an ensemble whose training did not finish.
-    runs.write_json(root / runs.CONFIG, ensemble_config(names, [runs.read_config(root / m) for m in names]))
+    configs = [runs.read_config(root / m) for m in names]
+    runs.write_json(root / runs.CONFIG, ensemble_config(names, configs))
     log(f"evaluating each member, the ensemble and the ensemble with TTA ({len(SHIFTS)} views per image)")
     report = evaluate_ensemble(root, data_dir=data_dir, limit=config.limit_test)
-    for member, result in zip(report["members"], results):
-        member["seed"] = result.config.seed
-        member["train_seconds"] = result.train_seconds
-    report["train_seconds"] = round(sum(r.train_seconds for r in results), 3)
+    for member, member_config, s in zip(report["members"], configs, seconds):
+        member["seed"] = member_config.get("seed")
+        member["train_seconds"] = s  # None: trained by an earlier, interrupted call
+    report["train_seconds"] = round(sum(s for s in seconds if s is not None), 3)
     return report
+
+
+def _unfinished(root: Path, overrides: dict):
+    """(folder, member settings) of an interrupted `train --ensemble`, or one line saying why not."""
+    from .train import TrainConfig
+
+    if (root / runs.CONFIG).is_file():
+        raise CnnlabError(f"{root} is a finished run or ensemble; nothing to resume")
+    first = root / MEMBER.format(1)
+    if not (first / runs.CONFIG).is_file():
+        raise RunError(f"{root} holds no {first.name}/{runs.CONFIG}; pass the folder an interrupted "
+                       f"'cnnlab train --ensemble N' was writing")
+    fixed = sorted(set(overrides) - {"device", "threads"})
+    if fixed:
+        raise CnnlabError(f"--resume continues the ensemble with member-1's saved settings; drop "
+                          f"{', '.join('--' + k.replace('_', '-') for k in fixed)} (only --device and "
+                          f"--threads may change)")
+    saved = runs.read_config(first).get("recipe") or {}
+    try:
+        return root, TrainConfig(**{**saved, **overrides}).validate()
+    except TypeError:
+        raise RunError(f"{first / runs.CONFIG} was written by another cnnlab version; "
+                       f"it cannot be resumed by this one") from None
 
 
 def assemble(run_dirs, out) -> Path:

@@ -69,7 +69,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ensemble", type=members, default=None, metavar="N",
                    help="train N models with seeds SEED, SEED+1, ... into OUT/member-1 ... and average their "
                         "probabilities; reports each member's, the ensemble's and the ensemble's test-time "
-                        "augmented test accuracy")
+                        "augmented test accuracy. With --resume DIR: finish an interrupted ensemble "
+                        "(finished members kept, the interrupted one resumed, missing ones trained)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -108,18 +109,23 @@ def run(args) -> int:
 
 def run_ensemble(args, given: dict, log) -> int:
     from ..ensemble import train_ensemble
-    from .ensemble import print_summary
     from ..errors import CnnlabError, Interrupted
     from ..recipes import config
+    from .ensemble import print_summary
 
-    if args.resume:
-        raise CnnlabError("--resume continues one run; resume an ensemble's members one by one "
-                          "(--resume OUT/member-K), then join them with 'cnnlab ensemble'")
     try:
-        r = train_ensemble(config(args.recipe, **given), args.ensemble, data_dir=args.data_dir, out=args.out,
-                           log=log, progress=not args.json)
+        if args.resume:
+            if args.out:
+                raise CnnlabError("--resume continues in the ensemble's own folder; drop --out")
+            r = train_ensemble(None, args.ensemble, data_dir=args.data_dir, resume=args.resume, log=log,
+                               progress=not args.json, **given)
+        else:
+            r = train_ensemble(config(args.recipe, **given), args.ensemble, data_dir=args.data_dir, out=args.out,
+                               log=log, progress=not args.json)
     except Interrupted as e:
-        print(f"cnnlab train: {e}; then join the finished members with 'cnnlab ensemble'", file=sys.stderr)
+        folder = args.resume or (e.run_dir.parent if e.run_dir else None)
+        print(f"cnnlab train: {e}" + (f"; to finish the whole ensemble instead: cnnlab train --ensemble "
+                                      f"{args.ensemble} --resume {folder}" if folder else ""), file=sys.stderr)
         return e.exit_code
     if args.json:
         print_json(r)
