@@ -35,3 +35,21 @@ def test_every_registered_model_maps_a_batch_to_ten_logits(name):
 def test_registry_rejects_unknown_names_with_the_choices():
     with pytest.raises(CnnlabError, match="unknown model 'resnet'; choose one of: simple_cnn, mlp"):
         get_spec("resnet")
+
+
+def test_fast_cnn_flattens_the_same_features_in_either_memory_layout():
+    # fast_cnn flattens in channels-last order (a free view in training); NCHW inference, ONNX and
+    # TorchScript exports take the same weights and must give the same logits.
+    torch.manual_seed(0)
+    model = build_model("fast_cnn").eval()
+    assert count_parameters(model) == 32_394
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        nchw = model(x)
+        cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(cl, nchw, rtol=1e-5, atol=1e-5)
+    # and the order really is height, width, channel: the classifier's weight for feature
+    # (h=0, w=0, c=1) is column 1, not column 49.
+    features = model.features(x)
+    flat = model.classifier[0](features)
+    assert torch.equal(flat[:, 1], features[:, 1, 0, 0]) and torch.equal(flat[:, 32], features[:, 0, 0, 1])
