@@ -45,7 +45,8 @@ def test_engine_lecture_recipe_matches_torchvision_dataloader_path(data_dir):
 
 
 def test_target_accuracy_stops_once_met(data_dir, tmp_path):
-    cfg = recipes.config("fast", limit_train=6000, limit_test=1000, epochs=3, target_accuracy=0.9, eval_every=5)
+    cfg = recipes.config("fast", limit_train=6000, limit_test=1000, epochs=3, batch_size=128, target_accuracy=0.9,
+                         eval_every=5)
     result = cnnlab.train(cfg, data_dir=data_dir, out=tmp_path / "run", progress=False, log=None)
     assert result.target_seconds is not None and result.target_seconds <= result.train_seconds
     assert result.test_accuracy >= 0.9
