@@ -21,16 +21,16 @@ RECIPES: dict[str, dict] = {
     # mean (98.35-98.65%) in 58.1 s; the lecture's own DataLoader code in the same invocation:
     # 98.52% mean (98.31-98.75%) in 231.6 s, so 4.0x faster at the same accuracy. Peak RSS 982 MiB.
     # Quiet machine (load 0.1-1.9), same seeds and threads: 18.4 s against 40.0 s, 2.2x. Quiet, 2
-    # threads, fused Adam (2026-11-25 00:08 UTC): 98.49% mean (min 98.40%) in 12.21 s against the
-    # lecture's code 33.34 s (98.59%, min 98.34%): 2.7x.
+    # threads, fused Adam, fp32 test pass (2026-11-25 00:42 UTC): 98.49% mean (min 98.39%) in
+    # 13.75 s against the lecture's code 32.50 s (98.59%, min 98.34%): 2.4x.
     "lecture": dict(model="simple_cnn", epochs=2, batch_size=64, optimizer="adam", lr=1e-3,
                     schedule="constant", augment="none", label_smoothing=0.0),
 
     # Fastest route cnnlab found to >= 99.0% MNIST test accuracy (mean of 3 seeds).
     # Evidence: benchmarks/time_to_accuracy.py --only lecture-code,lecture,fast --seeds 3 --threads 2,
-    # quiet 2-core Zen 4, 2026-11-25 00:08 UTC (clock after the imports every row needs): 99.11% mean
-    # (99.07, 99.16, 99.11%) in 3.64 s mean wall (3.37-4.01 s) against the lecture's code 33.34 s
-    # (98.59%): 9.2x. The 10x goal is not met (it needs <= 3.33 s; one of three runs made it).
+    # quiet 2-core Zen 4, 2026-11-25 00:42 UTC (clock after the imports every row needs): 99.11% mean
+    # (99.07, 99.17, 99.10%) in 3.80 s mean wall (3.44-4.14 s) against the lecture's code 32.50 s
+    # (98.59%): 8.5x; 8.7-9.2x in three earlier runs (bf16 test pass). The 10x goal is not met.
     # How it was found (quiet 2-core Zen 4, 2 threads, bf16; accuracy / in-process training s):
     # the first fast_cnn (simple_cnn + BatchNorm + conv64) at batch 128 lr 4e-3 99.12% / 7.2 s,
     # at batch 256 lr 8e-3 99.22% / 6.0 s, batches 512-1024 no faster and below 99%; pooling before
