@@ -244,7 +244,9 @@ class Classifier:
         return to_mnist(image, name=name)
 
     def logits(self, images_u8: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(images_u8, dtype=np.uint8))
+        x = np.ascontiguousarray(images_u8, dtype=np.uint8)
+        # Images resized by data.resize_gray can be read-only views; torch warns on those.
+        x = torch.from_numpy(x if x.flags.writeable else x.copy())
         with self.lock:
             if self.trained is not None:
                 return self.trained.logits(x).numpy()
