@@ -59,14 +59,12 @@ def evaluate(run, dataset: str | None = None, data_dir=None, limit: int | None =
     tta=True averages each image's prediction with its 1-pixel shifts (cnnlab.ensemble.TTA).
     Returns accuracy (fraction), per_class_accuracy (list), confusion_matrix (rows = true class).
     """
-    from dataclasses import replace
-
     from .ensemble import TTA
     from .runs import TrainedModel, load
 
     trained = run if isinstance(run, TrainedModel) else load(run, device=device)
-    if tta and not isinstance(trained.model, TTA):
-        trained = replace(trained, model=TTA(trained.model))
+    if tta:
+        trained = trained.with_tta()
     name = dataset or trained.config.get("dataset", "mnist")
     # A folder without train/ and test/ is tested on the share --val-split held out in training.
     val_split = (trained.config.get("recipe") or {}).get("val_split") or 0.0

@@ -174,6 +174,13 @@ class TrainedModel:
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return self.logits(images).argmax(dim=1)
 
+    def with_tta(self) -> "TrainedModel":
+        """The same network under test-time augmentation (ensemble.TTA: the image and its 1-pixel shifts)."""
+        from dataclasses import replace
+
+        from .ensemble import TTA
+        return self if isinstance(self.model, TTA) else replace(self, model=TTA(self.model).eval())
+
 
 def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu", tta: bool = False) -> TrainedModel:
     """Load a run folder: the model in eval mode with its preprocessing.
@@ -189,11 +196,10 @@ def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu", tta: bo
         model = ensemble.load_members(run_dir, config, device)
     else:
         model = _load_weights(run_dir, config)
-    if tta:
-        model = ensemble.TTA(model)
     device = torch.device(device)
     model.to(device).eval()
-    return TrainedModel(model, config, run_dir, device)
+    trained = TrainedModel(model, config, run_dir, device)
+    return trained.with_tta() if tta else trained
 
 
 def _load_weights(run_dir: Path, config: dict) -> torch.nn.Module:

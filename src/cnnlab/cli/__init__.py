@@ -49,6 +49,16 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON object on stdout")
 
 
+def add_data_dir_flag(p: argparse.ArgumentParser, what: str = "dataset folder") -> None:
+    p.add_argument("--data-dir", default=None, help=f"{what} (default $CNNLAB_DATA_DIR, else ./data)")
+
+
+def add_tta_flag(p: argparse.ArgumentParser, note: str = "") -> None:
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average each image's prediction over the image and its "
+                        f"four 1-pixel shifts (5x the compute{note})")
+
+
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2))
 

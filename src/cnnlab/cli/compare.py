@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_json_flag, positive_float, positive_int, print_json
+from . import add_data_dir_flag, add_json_flag, positive_float, positive_int, print_json
 
 
 def add_parser(sub) -> None:
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--limit-train", type=positive_int, default=None, metavar="N", help="train on the first N images only")
     p.add_argument("--limit-test", type=positive_int, default=None, metavar="N", help="test on the first N images only")
     p.add_argument("--out", default=None, help="folder for the runs and tables (default runs/compare-<date-time>/)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default $CNNLAB_DATA_DIR, else ./data)")
+    add_data_dir_flag(p)
     add_json_flag(p)
     p.set_defaults(func=run)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import add_json_flag, positive_int, print_json
+from . import add_data_dir_flag, add_json_flag, positive_int, print_json
 
 
 def add_parser(sub) -> None:
@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
                                    "folder works with evaluate, predict, serve and export like any run.")
     p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="two or more folders written by 'cnnlab train'")
     p.add_argument("--out", required=True, metavar="DIR", help="ensemble folder to create (must not exist yet)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default $CNNLAB_DATA_DIR, else ./data)")
+    add_data_dir_flag(p)
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="evaluate on the first N test images only")
     add_json_flag(p)
     p.set_defaults(func=run)

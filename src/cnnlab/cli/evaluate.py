@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_json_flag, positive_int, print_json
+from . import add_data_dir_flag, add_json_flag, add_tta_flag, positive_int, print_json
 
 
 def add_parser(sub) -> None:
@@ -12,11 +12,9 @@ def add_parser(sub) -> None:
                        description="Evaluate a run folder on its dataset's test split.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'cnnlab train' or 'cnnlab ensemble'")
     p.add_argument("--dataset", default=None, help="evaluate on another dataset's test split (default: the run's)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default $CNNLAB_DATA_DIR, else ./data)")
+    add_data_dir_flag(p)
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="the first N test images only")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average each image's prediction over the image and its "
-                        "four 1-pixel shifts (5x the compute)")
+    add_tta_flag(p)
     add_json_flag(p)
     p.set_defaults(func=run)
 

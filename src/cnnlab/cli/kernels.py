@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_json_flag, positive_float, positive_int, print_json
+from . import add_data_dir_flag, add_json_flag, positive_float, positive_int, print_json
 
 
 def add_parser(sub) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--image", nargs="+", default=None, metavar="PATH",
                    help="images for the gallery rows (default: sample MNIST digits and, when scikit-image is "
                         "installed, its photographs camera, coins, astronaut)")
-    p.add_argument("--data-dir", default=None, help="dataset folder for the sample digits (default $CNNLAB_DATA_DIR, else ./data)")
+    add_data_dir_flag(p, "dataset folder for the sample digits")
     add_json_flag(p)
     p.set_defaults(func=run)
 

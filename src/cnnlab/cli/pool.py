@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_json_flag, positive_int, print_json
+from . import add_data_dir_flag, add_json_flag, positive_int, print_json
 
 
 def add_parser(sub) -> None:
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
                    help="test on the first N test images (default 1000)")
     g.add_argument("--max-shift", type=positive_int, default=4, help="largest shift in pixels (default 4)")
     g.add_argument("--out", default=None, metavar="FILE.png", help="the plot (default RUN_DIR/invariance.png)")
-    g.add_argument("--data-dir", default=None, help="dataset folder (default $CNNLAB_DATA_DIR, else ./data)")
+    add_data_dir_flag(g)
     add_json_flag(p)
     p.set_defaults(func=run)
 

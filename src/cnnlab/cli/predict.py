@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import add_json_flag, positive_int, print_json
+from . import add_json_flag, add_tta_flag, positive_int, print_json
 
 
 def add_parser(sub) -> None:
@@ -19,9 +19,7 @@ def add_parser(sub) -> None:
                    help="how many classes to print per image, most likely first (default 3)")
     p.add_argument("--save-preprocessed", metavar="DIR", default=None,
                    help="write the 28x28 image the model saw for each input to DIR as PNG")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average the prediction over the image and its four "
-                        "1-pixel shifts (5 forward passes per image; run folders only)")
+    add_tta_flag(p, "; run folders only")
     add_json_flag(p)
     p.set_defaults(func=run)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from . import add_json_flag, bounded, fraction, positive_float, positive_int, print_json, share
+from . import (add_data_dir_flag, add_json_flag, bounded, fraction, positive_float, positive_int, print_json,
+               share)
 
 members = bounded(int, lambda v: v >= 2, "at least 2 (leave --ensemble out to train one model)", "a whole number")
 
@@ -53,7 +54,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help=f"random seed; same seed on CPU gives identical runs (default {d.seed})")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="where to train (default auto)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default $CNNLAB_DATA_DIR, else ./data)")
+    add_data_dir_flag(p)
     p.add_argument("--out", default=None, help="run folder to create (default runs/<date-time>-<model>/)")
     p.add_argument("--limit-train", type=positive_int, default=None, metavar="N", help="train on the first N images only")
     p.add_argument("--limit-test", type=positive_int, default=None, metavar="N", help="evaluate on the first N test images only")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import add_json_flag, positive_int, print_json
+from . import add_data_dir_flag, add_json_flag, positive_int, print_json
 
 
 def index_list(text: str) -> list[int]:
@@ -32,7 +32,7 @@ def add_common(p) -> None:
                    help="use the first N test images for the confusion matrix and the mistakes (default: all)")
     p.add_argument("--mistakes", type=positive_int, default=16, metavar="N",
                    help="how many confident mistakes to draw (default 16)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default $CNNLAB_DATA_DIR, else ./data)")
+    add_data_dir_flag(p)
     add_json_flag(p)
 
 
