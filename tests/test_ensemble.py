@@ -163,6 +163,24 @@ def test_ensemble_command_joins_runs_with_the_same_results(ens, tmp_path, capsys
                                                                             for m in ("member-1", "member-2")]
 
 
+def test_serve_shows_the_ensembles_recorded_test_accuracy(ens):
+    """An ensemble has no metrics.jsonl: its evaluation is kept in its config, and /api/model shows it."""
+    import warnings
+
+    from cnnlab.serve import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # starlette's note about httpx2
+        from fastapi.testclient import TestClient
+
+    out, report = ens
+    recorded = json.loads((out / "config.json").read_text())["evaluation"]
+    assert recorded == {"dataset": "mnist", "test_images": N_TEST, "test_accuracy": report["test_accuracy"],
+                        "tta_test_accuracy": report["tta_test_accuracy"]}
+    model = TestClient(create_app(out)).get("/api/model").json()
+    assert model["model"] == "ensemble" and model["test_accuracy"] == report["test_accuracy"]
+
+
 def test_ensemble_exports_to_onnx_with_parity(ens, tmp_path, capsys):
     code, stdout, err = run_main(capsys, "export", ens[0], "--out", tmp_path / "ens.onnx", "--json")
     assert code == 0, err

@@ -65,6 +65,19 @@ def evaluate(run, dataset: str | None = None, data_dir=None, limit: int | None =
     trained = run if isinstance(run, TrainedModel) else load(run, device=device)
     if tta:
         trained = trained.with_tta()
+    name, test = test_split(trained, dataset, data_dir, limit)
+    preds = trained.logits(test.images).argmax(1)
+    result = metrics_from_predictions(test.labels, preds, trained.classes)
+    result["dataset"] = name
+    result["tta"] = isinstance(trained.model, TTA)
+    result["skipped_images"] = len(test.skipped)
+    result["run_dir"] = str(trained.run_dir) if trained.run_dir else None
+    return result
+
+
+def test_split(trained, dataset: str | None = None, data_dir=None,
+               limit: int | None = None) -> tuple[str, data_mod.Split]:
+    """(dataset name, test images) a loaded run is evaluated on: its own dataset unless another is named."""
     name = dataset or trained.config.get("dataset", "mnist")
     # A folder without train/ and test/ is tested on the share --val-split held out in training.
     val_split = (trained.config.get("recipe") or {}).get("val_split") or 0.0
@@ -73,10 +86,4 @@ def evaluate(run, dataset: str | None = None, data_dir=None, limit: int | None =
         raise DataError(f"{name} has {len(test.classes)} classes but the run was trained on "
                         f"{len(trained.classes)} ({', '.join(trained.classes)}); evaluate on a dataset "
                         f"with the same classes")
-    preds = trained.logits(test.images).argmax(1)
-    result = metrics_from_predictions(test.labels, preds, trained.classes)
-    result["dataset"] = name
-    result["tta"] = isinstance(trained.model, TTA)
-    result["skipped_images"] = len(test.skipped)
-    result["run_dir"] = str(trained.run_dir) if trained.run_dir else None
-    return result
+    return name, test

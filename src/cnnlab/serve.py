@@ -193,7 +193,9 @@ def model_info(clf: Classifier) -> dict:
         metrics = read_metrics(t.run_dir) if t.run_dir else []
         info.update(model=t.name, dataset=t.config.get("dataset"),
                     parameters=count_parameters(t.model),
-                    test_accuracy=metrics[-1].get("test_accuracy") if metrics else None,
+                    # An ensemble has no training metrics; its evaluation sits in its config.
+                    test_accuracy=(metrics[-1].get("test_accuracy") if metrics
+                                   else (t.config.get("evaluation") or {}).get("test_accuracy")),
                     epochs=len(metrics),
                     conv_layers=[{"module": n, "in_channels": m.in_channels, "out_channels": m.out_channels,
                                   "kernel_size": list(m.kernel_size)} for n, m in conv_layers(t.model)])

@@ -24,7 +24,7 @@ def run(args) -> int:
     from ..ensemble import assemble, evaluate_ensemble
 
     out = assemble(args.run_dirs, args.out)
-    r = evaluate_ensemble(out, data_dir=args.data_dir, limit=args.limit)
+    r = evaluate_ensemble(out, data_dir=args.data_dir, limit=args.limit, record=True)
     if args.json:
         print_json(r)
         return 0
