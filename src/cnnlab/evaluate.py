@@ -7,10 +7,16 @@ import torch
 from . import data as data_mod
 from .errors import DataError
 
+# Images per forward pass when evaluating. Measured in fp32 on 2 threads (2-core Zen 4, another
+# job on one core): best_cnn on 4,000 test images 1.9 s in chunks of 256 against 2.4 s in chunks
+# of 2,048, whose activations (hundreds of MB) were mapped fresh each time (1.7 s of system time
+# in page faults); simple_cnn on 10,000 images 0.9 against 1.7 s; fast_cnn 0.6 s either way.
+CHUNK = 256
+
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images_u8: torch.Tensor, mean: float, std: float,
-                   device: torch.device | str = "cpu", batch_size: int = 2048) -> torch.Tensor:
+                   device: torch.device | str = "cpu", batch_size: int = CHUNK) -> torch.Tensor:
     """Logits for uint8 images [N, H, W], in chunks so memory stays flat for any N."""
     # Test-time augmentation feeds the network several views per image: fewer images per chunk
     # keep each forward pass (and its activations) the size it is without.
@@ -47,7 +53,7 @@ def metrics_from_predictions(labels: torch.Tensor, preds: torch.Tensor, classes:
     }
 
 
-def accuracy(model, split: data_mod.Split, mean: float, std: float, device="cpu", batch_size: int = 2048) -> float:
+def accuracy(model, split: data_mod.Split, mean: float, std: float, device="cpu", batch_size: int = CHUNK) -> float:
     preds = predict_logits(model, split.images, mean, std, device, batch_size).argmax(1)
     return float((preds == split.labels).float().mean())
 

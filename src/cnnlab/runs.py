@@ -164,9 +164,9 @@ class TrainedModel:
         return data_mod.normalize(images, self.mean, self.std).to(self.device)
 
     @torch.no_grad()
-    def logits(self, images: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-        from .evaluate import predict_logits
-        return predict_logits(self.model, images, self.mean, self.std, self.device, batch_size)
+    def logits(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        from .evaluate import CHUNK, predict_logits
+        return predict_logits(self.model, images, self.mean, self.std, self.device, batch_size or CHUNK)
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         return self.logits(images).softmax(dim=1)

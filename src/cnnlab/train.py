@@ -35,6 +35,7 @@ from . import augment as augment_mod
 from . import data as data_mod
 from . import runs
 from .errors import CnnlabError, Interrupted, RunError
+from .evaluate import CHUNK as EVAL_CHUNK
 from .evaluate import accuracy as split_accuracy
 from .models import build_model, count_parameters, get_spec
 
@@ -62,9 +63,7 @@ class TrainConfig:
     precision: str = "auto"          # auto | fp32 | bf16 (autocast; weights stay float32)
     channels_last: bool = True
     compile: bool = False            # torch.compile the model (pays only for long runs)
-    # Images per evaluation chunk. Measured on 10,000 MNIST test images (1 thread, bf16): 512, 2048
-    # and 4096 took the same time within noise, 10,000 in one chunk was ~1.6x slower (cache misses).
-    eval_batch_size: int = 2048
+    eval_batch_size: int = EVAL_CHUNK  # images per evaluation chunk (evaluate.CHUNK says why)
     target_accuracy: float | None = None  # stop as soon as test accuracy reaches this fraction
     eval_every: int | None = None    # with a target: evaluate every N steps (default 4x per epoch)
     val_split: float = 0.0           # share of each class held out from training for validation
