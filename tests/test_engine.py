@@ -8,9 +8,11 @@ import json
 from dataclasses import asdict
 
 import pytest
+import torch
 
 import cnnlab
 from cnnlab import recipes
+from cnnlab.models import build_model
 from cnnlab.train import TrainConfig
 
 from conftest import ROOT, run_cli
@@ -76,6 +78,10 @@ def test_cli_recipe_with_override_and_target(data_dir, tmp_path):
     saved = json.loads((out / "config.json").read_text())["recipe"]
     assert saved["recipe"] == "fast" and saved["epochs"] == 2 and saved["batch_size"] == recipes.RECIPES["fast"]["batch_size"]
     assert "reached 85.00% test accuracy after" in r.stderr
+    # fast_cnn's first conv was computed from the first 2,000 training images and never trained.
+    fresh = build_model("fast_cnn")
+    fresh.init_from_data(cnnlab.data.normalize(cnnlab.data.load("mnist", "train", data_dir).images[:2000], 0.5, 0.5))
+    assert torch.equal(cnnlab.load(out).model.features[0].weight, fresh.features[0].weight)
 
 
 def test_precision_and_layout_are_recorded_and_fp32_still_trains(data_dir, tmp_path):

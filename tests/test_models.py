@@ -1,7 +1,10 @@
 """The model registry, output shapes and the lecture's parameter counts."""
 
+import numpy as np
 import pytest
 import torch
+
+import cnnlab
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models import REGISTRY, build_model, count_parameters, get_spec
@@ -53,3 +56,26 @@ def test_fast_cnn_flattens_the_same_features_in_either_memory_layout():
     features = model.features(x)
     flat = model.classifier[0](features)
     assert torch.equal(flat[:, 1], features[:, 1, 0, 0]) and torch.equal(flat[:, 32], features[:, 0, 0, 1])
+
+
+def test_fast_cnn_first_layer_is_the_whitened_patch_pca_of_the_data(data_dir):
+    """init_from_data: 8 principal directions of the 5x5 patches, scaled to unit variance, and their
+    negatives; checked against patches cut out and decomposed independently with numpy."""
+    x = cnnlab.data.normalize(cnnlab.data.load("mnist", "train", data_dir).images[:2000], 0.5, 0.5)
+    model = build_model("fast_cnn")
+    model.init_from_data(x)
+    w = model.features[0].weight.detach().double().reshape(16, 25).numpy()
+    assert np.array_equal(w[8:], -w[:8]) and not model.features[0].bias.any()
+    assert not any(p.requires_grad for p in model.features[0].parameters())
+    # Every 5x5 window the conv sees: stride 2, zero padding 2, 14x14 positions per image.
+    padded = np.pad(x[:, 0].double().numpy(), ((0, 0), (2, 2), (2, 2)))
+    patches = np.stack([padded[:, i:i + 27:2, j:j + 27:2] for i in range(5) for j in range(5)], -1).reshape(-1, 25)
+    assert len(patches) == 2000 * 14 * 14
+    centred = patches - patches.mean(0)
+    variances = np.linalg.eigvalsh(centred.T @ centred / len(centred))[::-1][:8]
+    responses = centred @ w[:8].T
+    response_cov = responses.T @ responses / len(responses)
+    # Decorrelated: the 8 responses are uncorrelated, each with variance l / (sqrt(l) + eps)^2.
+    assert np.abs(response_cov - np.diag(np.diag(response_cov))).max() < 1e-4
+    np.testing.assert_allclose(np.diag(response_cov), variances / (np.sqrt(variances) + 1e-2) ** 2, rtol=1e-4)
+    assert np.diag(response_cov).min() > 0.8

@@ -105,6 +105,11 @@ class TrainConfig:
         return self
 
 
+# Training images a model's init_from_data sees (the first ones: no randomness). For fast_cnn's
+# whitened first conv, 2,000 MNIST images give 392,000 patches, and 10,000 the same accuracy.
+INIT_SAMPLE = 2000
+
+
 def _fused(params) -> dict:
     """fused=True where PyTorch has a fused Adam kernel for these tensors: one kernel per step
     instead of a dozen foreach passes. Measured on fast_cnn's 30k parameters (1 thread): 0.43 ms
@@ -440,7 +445,10 @@ def _train(cfg, procs, data_dir, out, save, progress, log, resume, ckpt, state) 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes=len(info.classes)).to(device, memory_format=memory_format)
     params = count_parameters(model)
-    optimizer = OPTIMIZERS[cfg.optimizer](list(model.parameters()), cfg)
+    if resume is None and hasattr(model, "init_from_data"):  # (resuming loads those layers instead)
+        sample = train_split.images[:INIT_SAMPLE].to(device)
+        model.init_from_data(data_mod.normalize(sample, info.mean, info.std))
+    optimizer = OPTIMIZERS[cfg.optimizer]([p for p in model.parameters() if p.requires_grad], cfg)
     # Same seeds on every process: shuffles agree (each takes its own slice of one order), and
     # with equal shards the generators stay in step, so rank 0's states resume every rank.
     shuffle = torch.Generator().manual_seed(cfg.seed)
