@@ -78,6 +78,7 @@ def test_cli_recipe_with_override_and_target(data_dir, tmp_path):
     saved = json.loads((out / "config.json").read_text())["recipe"]
     assert saved["recipe"] == "fast" and saved["epochs"] == 2 and saved["batch_size"] == recipes.RECIPES["fast"]["batch_size"]
     assert "reached 85.00% test accuracy after" in r.stderr
+    assert "training fast_cnn (32,394 parameters, 31,978 of them trained)" in r.stderr
     # fast_cnn's first conv was computed from the first 2,000 training images and never trained.
     fresh = build_model("fast_cnn")
     fresh.init_from_data(cnnlab.data.normalize(cnnlab.data.load("mnist", "train", data_dir).images[:2000], 0.5, 0.5))

@@ -523,7 +523,9 @@ def _train(cfg, procs, data_dir, out, save, progress, log, resume, ckpt, state) 
         run_dir = None
     writer = run_dir if procs.main else None  # only rank 0 writes
     result.run_dir = run_dir
-    log(f"training {cfg.model} ({params:,} parameters) on {cfg.dataset}: {n:,} train / "
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"training {cfg.model} ({params:,} parameters" + (f", {trained:,} of them trained" if trained < params else "")
+        + f") on {cfg.dataset}: {n:,} train / "
         + (f"{len(val_split):,} validation / " if val_split is not None else "")
         + f"{len(test_split):,} test images, {cfg.epochs} epochs, batch {cfg.batch_size}, "
         f"{cfg.optimizer} lr {cfg.lr}, device {device}, {precision}"
