@@ -30,7 +30,8 @@ RECIPES: dict[str, dict] = {
     # Evidence: benchmarks/time_to_accuracy.py --seeds 3 --threads 2 (all four rows in one invocation),
     # quiet 2-core Zen 4, 2026-11-25 02:26 UTC, clock after the imports every row needs: 99.06% mean
     # (99.03, 98.98, 99.18%) in 2.83 s mean wall (2.56-3.22 s) against the lecture's code 30.54 s
-    # (98.59%): 10.8x. fast_cnn v4 computes its first conv from the data instead of training it
+    # (98.59%): 10.8x; a repeat at 03:29 UTC (lecture-code and fast rows only): 2.85 s against
+    # 30.02 s, 10.5x. fast_cnn v4 computes its first conv from the data instead of training it
     # (models.FastCNN.init_from_data): 2.84 s against 3.17 s per epoch for v3, median of 6
     # interleaved runs; 99.08% mean of seeds 0-4 at 2 threads against v3's 99.09% (the same within
     # seed noise). Before v4: 3.80 s, 8.5x (8.7-9.2x in three more runs). Fashion-MNIST (v4, seeds
