@@ -168,11 +168,11 @@ def evaluate_ensemble(run_dir, data_dir=None, limit: int | None = None, record: 
     """
     from dataclasses import replace as with_model
 
-    from .evaluate import test_split
+    from .evaluate import evaluation_split, fraction_correct
 
     run_dir = Path(run_dir)
     trained = runs.load(run_dir)
-    dataset, test = test_split(trained, None, data_dir, limit)
+    dataset, test = evaluation_split(trained, None, data_dir, limit)
     per_view = []  # per member: [N, V, K] log-probabilities of every view
     for member in trained.model.members:
         views = with_model(trained, model=_EveryView(TTA(member)))
@@ -180,7 +180,7 @@ def evaluate_ensemble(run_dir, data_dir=None, limit: int | None = None, record: 
     per_view = torch.stack(per_view)  # [M, N, V, K]
 
     def accuracy(log_probs: torch.Tensor) -> float:
-        return float((log_probs.argmax(-1) == test.labels).float().mean()) if len(test) else 0.0
+        return fraction_correct(log_probs.argmax(-1), test.labels)
 
     members = [{"run_dir": str(d), "test_accuracy": accuracy(p[:, 0])}
                for d, p in zip(member_dirs(run_dir, trained.config), per_view)]

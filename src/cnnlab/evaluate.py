@@ -44,7 +44,7 @@ def metrics_from_predictions(labels: torch.Tensor, preds: torch.Tensor, classes:
     cm = confusion_matrix(labels, preds, k)
     per_class_total = cm.sum(dim=1).clamp(min=1)
     return {
-        "accuracy": float((preds == labels).float().mean()) if len(labels) else 0.0,
+        "accuracy": fraction_correct(preds, labels),
         "correct": int((preds == labels).sum()),
         "total": int(len(labels)),
         "per_class_accuracy": (cm.diag().float() / per_class_total).tolist(),
@@ -54,8 +54,11 @@ def metrics_from_predictions(labels: torch.Tensor, preds: torch.Tensor, classes:
 
 
 def accuracy(model, split: data_mod.Split, mean: float, std: float, device="cpu", batch_size: int = CHUNK) -> float:
-    preds = predict_logits(model, split.images, mean, std, device, batch_size).argmax(1)
-    return float((preds == split.labels).float().mean())
+    return fraction_correct(predict_logits(model, split.images, mean, std, device, batch_size).argmax(1), split.labels)
+
+
+def fraction_correct(preds: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((preds == labels).float().mean()) if len(labels) else 0.0
 
 
 def evaluate(run, dataset: str | None = None, data_dir=None, limit: int | None = None,
@@ -71,7 +74,7 @@ def evaluate(run, dataset: str | None = None, data_dir=None, limit: int | None =
     trained = run if isinstance(run, TrainedModel) else load(run, device=device)
     if tta:
         trained = trained.with_tta()
-    name, test = test_split(trained, dataset, data_dir, limit)
+    name, test = evaluation_split(trained, dataset, data_dir, limit)
     preds = trained.logits(test.images).argmax(1)
     result = metrics_from_predictions(test.labels, preds, trained.classes)
     result["dataset"] = name
@@ -81,8 +84,8 @@ def evaluate(run, dataset: str | None = None, data_dir=None, limit: int | None =
     return result
 
 
-def test_split(trained, dataset: str | None = None, data_dir=None,
-               limit: int | None = None) -> tuple[str, data_mod.Split]:
+def evaluation_split(trained, dataset: str | None = None, data_dir=None,
+                     limit: int | None = None) -> tuple[str, data_mod.Split]:
     """(dataset name, test images) a loaded run is evaluated on: its own dataset unless another is named."""
     name = dataset or trained.config.get("dataset", "mnist")
     # A folder without train/ and test/ is tested on the share --val-split held out in training.

@@ -50,8 +50,9 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1) -> nn.Mo
     return get_spec(name).build(num_classes=num_classes, in_channels=in_channels)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(model: nn.Module | list) -> int:
+    """Numbers in a model's parameters (or in a list of parameters, such as the trained ones)."""
+    return sum(p.numel() for p in (model.parameters() if isinstance(model, nn.Module) else model))
 
 
 class SimpleCNN(nn.Module):
@@ -146,7 +147,8 @@ class FastCNN(nn.Module):
         variance, directions = torch.linalg.eigh(covariance.double())
         top = directions[:, -k:].flip(1).T                                # the k largest, first
         scale = variance[-k:].flip(0).clamp(min=0).sqrt() + WHITEN_EPS
-        filters = torch.cat([top / scale[:, None], -top / scale[:, None]])
+        whitened = top / scale[:, None]
+        filters = torch.cat([whitened, -whitened])
         conv.weight.copy_(filters.reshape(conv.weight.shape))
         conv.bias.zero_()
 
@@ -184,7 +186,8 @@ class BestCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-register("fast_cnn", "the fast recipe's CNN: stride-2 conv16, conv16-pool, conv32, conv32, BatchNorm after the first (1-epoch 99%)")(FastCNN)
+register("fast_cnn", "the fast recipe's CNN: stride-2 conv16 computed from the data (whitened patch PCA, not "
+                     "trained), conv16-pool, conv32, conv32 with BatchNorm (1-epoch 99%)")(FastCNN)
 register("best_cnn", "the best recipe's CNN: BatchNorm convs 32-64-64-128, global max pool, dropout")(BestCNN)
 
 

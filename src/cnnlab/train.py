@@ -448,7 +448,8 @@ def _train(cfg, procs, data_dir, out, save, progress, log, resume, ckpt, state) 
     if resume is None and hasattr(model, "init_from_data"):  # (resuming loads those layers instead)
         sample = train_split.images[:INIT_SAMPLE].to(device)
         model.init_from_data(data_mod.normalize(sample, info.mean, info.std))
-    optimizer = OPTIMIZERS[cfg.optimizer]([p for p in model.parameters() if p.requires_grad], cfg)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = OPTIMIZERS[cfg.optimizer](trainable, cfg)
     # Same seeds on every process: shuffles agree (each takes its own slice of one order), and
     # with equal shards the generators stay in step, so rank 0's states resume every rank.
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -523,8 +524,8 @@ def _train(cfg, procs, data_dir, out, save, progress, log, resume, ckpt, state) 
         run_dir = None
     writer = run_dir if procs.main else None  # only rank 0 writes
     result.run_dir = run_dir
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"training {cfg.model} ({params:,} parameters" + (f", {trained:,} of them trained" if trained < params else "")
+    n_trained = count_parameters(trainable)
+    log(f"training {cfg.model} ({params:,} parameters" + (f", {n_trained:,} of them trained" if n_trained < params else "")
         + f") on {cfg.dataset}: {n:,} train / "
         + (f"{len(val_split):,} validation / " if val_split is not None else "")
         + f"{len(test_split):,} test images, {cfg.epochs} epochs, batch {cfg.batch_size}, "
