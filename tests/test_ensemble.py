@@ -229,7 +229,7 @@ def test_resume_finishes_an_interrupted_ensemble_identically(ens, tmp_path):
     proc = run_cli("train", "--ensemble", "2", "--resume", stopped, "--threads", "1", "--json")
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
-    assert "member 1/2 (seed 3): finished before, kept" in proc.stderr
+    assert "member 1/2 (simple_cnn, seed 3): finished before, kept" in proc.stderr
     assert [m["seed"] for m in r["members"]] == [3, 4] and r["members"][0]["train_seconds"] is None
     assert (stopped / "member-1" / "model.safetensors").read_bytes() == member_1
     assert (stopped / "member-2" / "model.safetensors").read_bytes() == (out / "member-2" / "model.safetensors").read_bytes()
@@ -268,3 +268,72 @@ def test_visualize_and_report_ask_for_a_member_folder(ens, command, capsys):
     code, _, err = run_main(capsys, command, ens[0], "--limit", "100")
     assert_usage_error(code, err, f"is an ensemble; draw one of its networks by passing a member folder such as "
                                   f"{ens[0] / 'member-1'}")
+
+
+BEST_TINY = ["--recipe", "best", "--epochs", "1", "--limit-train", "2000", "--batch-size", "64", "--threads", "1"]
+
+
+@pytest.fixture(scope="session")
+def mixed(tmp_path_factory, data_dir):
+    """`cnnlab train --recipe best --ensemble 4` on 2,000 images, 1 epoch: (folder, --json report)."""
+    out = tmp_path_factory.mktemp("mixed") / "ens"
+    proc = run_cli("train", *BEST_TINY, "--ensemble", "4", "--seed", "5", "--limit-test", 300, "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return out, json.loads(proc.stdout)
+
+
+def test_best_recipe_ensemble_cycles_through_its_three_networks(mixed, capsys):
+    out, report = mixed
+    networks = ["kernel5_cnn", "best_cnn", "strided_cnn", "kernel5_cnn"]
+    assert [m["model"] for m in report["members"]] == networks and [m["seed"] for m in report["members"]] == [5, 6, 7, 8]
+    # Each network learns under the recipe: 81-92% after one epoch of 2,000 images (chance is 10%).
+    assert all(m["test_accuracy"] > 0.75 for m in report["members"]), report["members"]
+    for k, (name, seed) in enumerate(zip(networks, [5, 6, 7, 8]), 1):
+        saved = runs.read_config(out / f"member-{k}")
+        assert (saved["model"], saved["seed"], saved["recipe"]["recipe"], saved["recipe"]["augment"]) == \
+            (name, seed, "best", "affine")
+        assert saved["parameters"] == cnnlab.models.count_parameters(cnnlab.models.build_model(name))
+    # The ensemble is the mean of these different networks' probabilities, as for one network.
+    split = cnnlab.data.load("mnist", "test").subset(300)
+    members = [cnnlab.load(out / f"member-{k}") for k in range(1, 5)]
+    mean = np.mean([softmax_of(m, split.images) for m in members], axis=0)
+    assert report["test_accuracy"] == pytest.approx(float((mean.argmax(1) == split.labels.numpy()).mean()), abs=1e-6)
+
+
+def test_an_explicit_model_trains_every_member_as_that_model(tmp_path):
+    proc = run_cli("train", *BEST_TINY, "--model", "fast_cnn", "--ensemble", "2",
+                   "--limit-test", 100, "--out", tmp_path / "e", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [m["model"] for m in json.loads(proc.stdout)["members"]] == ["fast_cnn", "fast_cnn"]
+
+
+def test_resume_trains_a_missing_member_as_the_network_planned_for_it(mixed, tmp_path):
+    """Stopped before member 3 (strided_cnn): --resume trains it as strided_cnn, bit for bit the
+    network the uninterrupted run made, and member 4 as kernel5_cnn again."""
+    out, report = mixed
+    stopped = tmp_path / "stopped"
+    shutil.copytree(out, stopped)
+    (stopped / "config.json").unlink()
+    shutil.rmtree(stopped / "member-3")
+    shutil.rmtree(stopped / "member-4")
+    proc = run_cli("train", "--ensemble", "4", "--resume", stopped, "--threads", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "ensemble member 3/4 (strided_cnn, seed 7)" in proc.stderr
+    r = json.loads(proc.stdout)
+    assert [m["model"] for m in r["members"]] == [m["model"] for m in report["members"]]
+    for k in (3, 4):
+        weights = f"member-{k}/model.safetensors"
+        assert (stopped / weights).read_bytes() == (out / weights).read_bytes()
+    assert r["test_accuracy"] == report["test_accuracy"]
+
+
+def test_a_corrupt_ensemble_plan_is_one_line_and_trains_nothing(mixed, tmp_path):
+    stopped = tmp_path / "stopped"
+    shutil.copytree(mixed[0], stopped)
+    (stopped / "config.json").unlink()
+    shutil.rmtree(stopped / "member-4")
+    (stopped / "ensemble-plan.json").write_text('{"models": "best_cnn"}')
+    proc = run_cli("train", "--ensemble", "4", "--resume", stopped)
+    assert_usage_error(proc.returncode, proc.stderr, "ensemble-plan.json is corrupt; delete it to train every "
+                                                    "missing member as kernel5_cnn")
+    assert not (stopped / "member-4").exists()

@@ -79,3 +79,24 @@ def test_fast_cnn_first_layer_is_the_whitened_patch_pca_of_the_data(data_dir):
     assert np.abs(response_cov - np.diag(np.diag(response_cov))).max() < 1e-4
     np.testing.assert_allclose(np.diag(response_cov), variances / (np.sqrt(variances) + 1e-2) ** 2, rtol=1e-4)
     assert np.diag(response_cov).min() > 0.8
+
+
+def test_best_ensemble_models_parameter_counts_by_hand():
+    # strided_cnn: bias-free convs 1-32 3x3, 32-32 3x3, 32-32 5x5, 32-64 3x3, 64-64 3x3, 64-64 5x5,
+    # 64-128 4x4; BatchNorm weight and bias per channel; Linear 128 -> 10.
+    convs = 1 * 32 * 9 + 32 * 32 * 9 + 32 * 32 * 25 + 32 * 64 * 9 + 64 * 64 * 9 + 64 * 64 * 25 + 64 * 128 * 16
+    assert count_parameters(build_model("strided_cnn")) == convs + 2 * (3 * 32 + 3 * 64 + 128) + 1_290 == 325_994
+    # kernel5_cnn: 1-32 5x5, 32-64 5x5, 64-128 3x3, 128-128 3x3, BatchNorm, Linear 128 -> 10.
+    convs = 1 * 32 * 25 + 32 * 64 * 25 + 64 * 128 * 9 + 128 * 128 * 9
+    assert count_parameters(build_model("kernel5_cnn")) == convs + 2 * (32 + 64 + 128 + 128) + 1_290 == 275_178
+
+
+def test_strided_cnn_downsamples_by_strided_convs_not_pooling():
+    model = build_model("strided_cnn").eval()
+    assert not any(isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for m in model.modules())
+    sizes, x = [], torch.zeros(2, 1, 28, 28)
+    for layer in model.features:
+        x = layer(x)
+        if isinstance(layer, torch.nn.Conv2d):
+            sizes.append(x.shape[-1])
+    assert sizes == [26, 24, 12, 10, 8, 4, 1]

@@ -14,6 +14,7 @@ write it.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from dataclasses import asdict, replace
@@ -31,6 +32,7 @@ from .errors import CnnlabError, RunError
 
 ENSEMBLE = "ensemble"  # the "model" of an ensemble run folder's config.json
 MEMBER = "member-{}"
+PLAN = "ensemble-plan.json"  # written when `train --ensemble` starts: the models members cycle through
 # The image and its four 1-pixel neighbours (dy, dx): digits in MNIST are centred by centre of
 # mass, so a pixel either way is a shift the networks have seen in training data.
 SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
@@ -212,15 +214,19 @@ class _EveryView(nn.Module):
         return logits.reshape(self.views, len(x), -1).transpose(0, 1).flatten(1)
 
 
-def train_ensemble(config, n: int, *, data_dir=None, out=None, resume=None, progress: bool = True,
+def train_ensemble(config, n: int, *, models=None, data_dir=None, out=None, resume=None, progress: bool = True,
                    log: Callable[[str], None] | None = print, **overrides) -> dict:
     """Train n members with seeds seed, seed+1, ... (each an ordinary run in OUT/member-k, through
     train.train), write the ensemble's config and evaluate it. Returns evaluate_ensemble's dict plus
-    each member's seed and training time.
+    each member's seed, model and training time.
+
+    models: the networks members cycle through (member k trains models[(k - 1) % len(models)]);
+    default: config.model for all. Different networks make different mistakes, so their average
+    makes fewer (recipes.ENSEMBLE_MODELS has the measurements).
 
     resume=DIR finishes an interrupted `train --ensemble` in DIR: finished members are kept, an
     interrupted one resumes from its checkpoint, missing ones are trained with member-1's saved
-    settings. overrides (device, threads only) apply to what is trained now.
+    settings and the models saved in PLAN. overrides (device, threads only) apply to what is trained now.
     """
     from .train import TrainConfig, train
 
@@ -228,23 +234,29 @@ def train_ensemble(config, n: int, *, data_dir=None, out=None, resume=None, prog
     if n < 2:
         raise CnnlabError(f"--ensemble needs at least 2 members, got {n}; leave it out to train one model")
     if resume is not None:
-        root, config = _unfinished(Path(resume), overrides)
+        root, config, models = _unfinished(Path(resume), overrides)
     else:
         config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides}).validate()
+        models = list(models or [config.model])
+        for name in models:
+            replace(config, model=name).validate()  # an unknown model fails before anything is written
         root = runs.new_run_dir(f"{ENSEMBLE}-{config.model}", out)
+        # Read by --resume: which network each missing member must be.
+        runs.write_json(root / PLAN, {"models": models})
     names, seconds = [], []
     for k in range(1, n + 1):
         names.append(MEMBER.format(k))
-        folder, seed = root / names[-1], config.seed + k - 1
+        folder, seed, model = root / names[-1], config.seed + k - 1, models[(k - 1) % len(models)]
         if (folder / runs.WEIGHTS).is_file():  # weights are written when a run finishes
-            log(f"ensemble member {k}/{n} (seed {seed}): finished before, kept")
+            log(f"ensemble member {k}/{n} ({model}, seed {seed}): finished before, kept")
             seconds.append(None)
             continue
-        log(f"ensemble member {k}/{n} (seed {seed})")
+        log(f"ensemble member {k}/{n} ({model}, seed {seed})")
         if folder.exists():
             result = train(data_dir=data_dir, resume=folder, progress=progress, log=log, **overrides)
         else:
-            result = train(replace(config, seed=seed), data_dir=data_dir, out=folder, progress=progress, log=log)
+            result = train(replace(config, seed=seed, model=model), data_dir=data_dir, out=folder,
+                           progress=progress, log=log)
         seconds.append(result.train_seconds)
     # Written last: a folder without it is an ensemble whose training did not finish.
     configs = [runs.read_config(root / m) for m in names]
@@ -253,13 +265,14 @@ def train_ensemble(config, n: int, *, data_dir=None, out=None, resume=None, prog
     report = evaluate_ensemble(root, data_dir=data_dir, limit=config.limit_test, record=True)
     for member, member_config, s in zip(report["members"], configs, seconds):
         member["seed"] = member_config.get("seed")
+        member["model"] = member_config.get("model")
         member["train_seconds"] = s  # None: trained by an earlier, interrupted call
     report["train_seconds"] = round(sum(s for s in seconds if s is not None), 3)
     return report
 
 
 def _unfinished(root: Path, overrides: dict):
-    """(folder, member settings) of an interrupted `train --ensemble`, or one line saying why not."""
+    """(folder, member settings, models) of an interrupted `train --ensemble`, or one line saying why not."""
     from .train import TrainConfig
 
     if (root / runs.CONFIG).is_file():
@@ -275,10 +288,22 @@ def _unfinished(root: Path, overrides: dict):
                           f"--threads may change)")
     saved = runs.read_config(first).get("recipe") or {}
     try:
-        return root, TrainConfig(**{**saved, **overrides}).validate()
+        config = TrainConfig(**{**saved, **overrides}).validate()
     except TypeError:
         raise RunError(f"{first / runs.CONFIG} was written by another cnnlab version; "
                        f"it cannot be resumed by this one") from None
+    models = [config.model]  # ensembles begun before the plan file existed used one model
+    if (root / PLAN).is_file():
+        try:
+            models = json.loads((root / PLAN).read_text()).get("models")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            models = None
+        if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)):
+            raise RunError(f"{root / PLAN} is corrupt; delete it to train every missing member as "
+                           f"{config.model}")
+        for name in models:
+            replace(config, model=name).validate()
+    return root, config, models
 
 
 def assemble(run_dirs, out) -> Path:

@@ -528,7 +528,7 @@ def _train(cfg, procs, data_dir, out, save, progress, log, resume, ckpt, state) 
     log(f"training {cfg.model} ({params:,} parameters" + (f", {n_trained:,} of them trained" if n_trained < params else "")
         + f") on {cfg.dataset}: {n:,} train / "
         + (f"{len(val_split):,} validation / " if val_split is not None else "")
-        + f"{len(test_split):,} test images, {cfg.epochs} epochs, batch {cfg.batch_size}, "
+        + f"{len(test_split):,} test images, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, "
         f"{cfg.optimizer} lr {cfg.lr}, device {device}, {precision}"
         + (f", {procs.world} processes" if procs.world > 1 else "")
         + (f", augment {cfg.augment}" if cfg.augment != "none" else "")

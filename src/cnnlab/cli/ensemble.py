@@ -35,7 +35,7 @@ def run(args) -> int:
 def print_summary(r: dict) -> None:
     """The lines `cnnlab ensemble` and `cnnlab train --ensemble` print (r: ensemble.evaluate_ensemble's dict)."""
     for m in r["members"]:
-        print(f"member {m['run_dir']}" + (f" (seed {m['seed']})" if "seed" in m else "")
+        print(f"member {m['run_dir']}" + (f" ({m['model']}, seed {m['seed']})" if "seed" in m else "")
               + (f" (from {m['source']})" if "source" in m else "")
               + f": test accuracy {m['test_accuracy']:.2%}")
     best = max(m["test_accuracy"] for m in r["members"])

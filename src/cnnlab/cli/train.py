@@ -69,7 +69,8 @@ def add_parser(sub) -> None:
                         "(only --epochs, --device and --threads may be given as well)")
     p.add_argument("--ensemble", type=members, default=None, metavar="N",
                    help="train N models with seeds SEED, SEED+1, ... into OUT/member-1 ... and average their "
-                        "probabilities; reports each member's, the ensemble's and the ensemble's test-time "
+                        "probabilities (--recipe best cycles through kernel5_cnn, best_cnn and strided_cnn unless "
+                        "--model is given); reports each member's, the ensemble's and the ensemble's test-time "
                         "augmented test accuracy. With --resume DIR: finish an interrupted ensemble "
                         "(finished members kept, the interrupted one resumed, missing ones trained)")
     add_json_flag(p)
@@ -111,7 +112,7 @@ def run(args) -> int:
 def run_ensemble(args, given: dict, log) -> int:
     from ..ensemble import train_ensemble
     from ..errors import CnnlabError, Interrupted
-    from ..recipes import config
+    from ..recipes import config, ensemble_models
     from .ensemble import print_summary
 
     try:
@@ -121,8 +122,10 @@ def run_ensemble(args, given: dict, log) -> int:
             r = train_ensemble(None, args.ensemble, data_dir=args.data_dir, resume=args.resume, log=log,
                                progress=not args.json, **given)
         else:
-            r = train_ensemble(config(args.recipe, **given), args.ensemble, data_dir=args.data_dir, out=args.out,
-                               log=log, progress=not args.json)
+            # An explicit --model trains every member as that model; else the recipe's own mix.
+            models = None if "model" in given else ensemble_models(args.recipe)
+            r = train_ensemble(config(args.recipe, **given), args.ensemble, models=models, data_dir=args.data_dir,
+                               out=args.out, log=log, progress=not args.json)
     except Interrupted as e:
         folder = args.resume or (e.run_dir.parent if e.run_dir else None)
         print(f"cnnlab train: {e}" + (f"; to finish the whole ensemble instead: cnnlab train --ensemble "
