@@ -48,7 +48,8 @@ def test_two_processes_land_in_the_single_process_band_and_resume_after_ctrl_c(t
 
     proc = torchrun("--resume", run_dir, "--json")
     out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 0, err[-2000:]
+    # The start of stderr: a crashing rank's own message comes before torchrun's long report.
+    assert proc.returncode == 0, err[:4000]
     result = json.loads(out)  # one JSON object: only rank 0 wrote to stdout
     assert [e["epoch"] for e in result["epochs"]] == [1, 2, 3]
     assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2, 3]
