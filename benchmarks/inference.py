@@ -10,6 +10,7 @@ Prints images/s at batch 1 and batch 1024, and p50/p99 latency of one single-ima
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="simple_cnn", help="model to benchmark when no --run is given")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
     p.add_argument("--repeats", type=int, default=2000, help="single-image predictions to time")
+    p.add_argument("--json", action="store_true", help="also print the numbers as JSON")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,6 +66,11 @@ def main(argv=None) -> int:
     print(f"{1:6d} {1 / statistics.mean(lat):10,.0f}")
     print(f"{1024:6d} {1024 / statistics.median(big):10,.0f}")
     print(f"single-image latency: p50 {p50 * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms ({args.repeats} predictions)")
+    if args.json:
+        print(json.dumps({"model": trained.name, "threads": torch.get_num_threads(),
+                          "images_per_second_batch_1": 1 / statistics.mean(lat),
+                          "images_per_second_batch_1024": 1024 / statistics.median(big),
+                          "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "repeats": args.repeats}))
     return 0
 
 

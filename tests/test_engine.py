@@ -111,3 +111,13 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions():
     assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for: always honoured
+
+
+def test_bf16_when_asked_for_trains_and_reports_the_float32_accuracy(data_dir, tmp_path):
+    # bf16 autocast runs wherever it is asked for (emulated where the CPU lacks bf16 instructions);
+    # the accuracy the run reports is the float32 one `cnnlab evaluate` gives back.
+    result = cnnlab.train(recipes.config("lecture", epochs=1, limit_train=2000, limit_test=500, precision="bf16"),
+                          data_dir=data_dir, out=tmp_path / "r", progress=False, log=None)
+    assert result.precision == "bf16" and result.test_accuracy > 0.7
+    from cnnlab.evaluate import evaluate
+    assert evaluate(tmp_path / "r", data_dir=data_dir, limit=500)["accuracy"] == result.test_accuracy

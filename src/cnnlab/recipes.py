@@ -2,9 +2,11 @@
 
 `cnnlab train --recipe NAME` starts from a recipe; any flag given explicitly overrides it. The
 engine's speed settings (precision="auto" -> bf16 where native, channels_last) are TrainConfig
-defaults and apply to every recipe. Evidence: hardware "2-core Zen 4" is the project machine, an
-AMD EPYC (family 25 model 17) VM with 2 cores, AVX512-BF16, torch 2.14.1 CPU, shared with other
-jobs while measured (so times are noisy; accuracy is not). Full tables: docs/benchmarks.md.
+defaults and apply to every recipe. Evidence: two project machines, both 2-core VMs with torch
+2.14.1 on the CPU. "2-core Zen 4": an AMD EPYC (family 25 model 17) with AVX512-BF16, so bf16
+(2026-11-24/25, sometimes shared with other jobs, so times are noisy; accuracy is not). "2-core
+Xeon": an Intel Xeon @ 2.60GHz (Ice Lake, no AVX512-BF16), so float32 (2026-12-01, quiet).
+Full tables: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ RECIPES: dict[str, dict] = {
     # 98.52% mean (98.31-98.75%) in 231.6 s, so 4.0x faster at the same accuracy. Peak RSS 982 MiB.
     # Quiet machine (load 0.1-1.9), same seeds and threads: 18.4 s against 40.0 s, 2.2x. Quiet, 2
     # threads, the whole benchmark in one invocation (2026-11-25 02:26 UTC): 98.49% mean (min 98.39%)
-    # in 12.56 s against the lecture's code 30.54 s (98.59%, min 98.34%): 2.4x.
+    # in 12.56 s against the lecture's code 30.54 s (98.59%, min 98.34%): 2.4x. 2-core Xeon, fp32,
+    # the whole benchmark in one invocation (2026-12-01 14:12 UTC): 98.57% (min 98.40%) in 19.97 s
+    # against the lecture's code 50.14 s (98.55%, min 98.31%): 2.5x.
     "lecture": dict(model="simple_cnn", epochs=2, batch_size=64, optimizer="adam", lr=1e-3,
                     schedule="constant", augment="none", label_smoothing=0.0),
 
@@ -36,6 +40,8 @@ RECIPES: dict[str, dict] = {
     # interleaved runs; 99.08% mean of seeds 0-4 at 2 threads against v3's 99.09% (the same within
     # seed noise). Before v4: 3.80 s, 8.5x (8.7-9.2x in three more runs). Fashion-MNIST (v4, seeds
     # 0-2, 2 threads): 89.47% mean (89.27-89.63%) in 2.7 s epochs; v3 gave 88.67%.
+    # 2-core Xeon, fp32, same benchmark (2026-12-01): 99.07% mean (99.07, 99.00, 99.13%) in 4.22 s
+    # against the lecture's code 50.14 s: 11.9x (11.0x against the lecture code's two faster runs).
     # How it was found (quiet 2-core Zen 4, 2 threads, bf16; accuracy / in-process training s):
     # the first fast_cnn (simple_cnn + BatchNorm + conv64) at batch 128 lr 4e-3 99.12% / 7.2 s,
     # at batch 256 lr 8e-3 99.22% / 6.0 s, batches 512-1024 no faster and below 99%; pooling before
@@ -57,7 +63,9 @@ RECIPES: dict[str, dict] = {
     # each on one shared core (its steps take 1.25x best_cnn's). Same conditions, best_cnn seeds 0-6:
     # 99.68/99.70/99.64/99.68/99.70/99.66/99.68%, mean 99.68%; strided_cnn seeds 0, 1, 2, 5: 99.66/
     # 99.70/99.69/99.68%. kernel5_cnn at 2 threads, quiet (time_to_accuracy.py --only best --seeds 1):
-    # seed 0 99.70% in 393 s (6.6 min), peak RSS 1,058 MiB.
+    # seed 0 99.70% in 393 s (6.6 min), peak RSS 1,058 MiB. 2-core Xeon, fp32, 2 threads, the full
+    # benchmark (2026-12-01): seeds 0-2 -> 99.71%, 99.68%, 99.68%: mean 99.69% in 737-754 s each
+    # (12.5 min, 83% of the budget), peak RSS 1,188 MiB.
     # Evidence for best_cnn, the recipe's model until then: the benchmark above, 2 threads per run, seeds 0, 1, 2 -> 99.69%,
     # 99.63%, 99.66%: mean 99.66%, in 341-355 s each (5.8 min), peak RSS 1,290 MiB. With 1 thread
     # per run (2026-11-24/25): 99.68%, 99.70%, 99.64% (mean 99.67%), 617 s for seed 1 alone.

@@ -46,7 +46,8 @@ def add_parser(sub) -> None:
     p.add_argument("--eval-every", type=positive_int, default=None, metavar="STEPS",
                    help="with --target-accuracy: evaluate every STEPS batches (default: 4 times per epoch)")
     p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="auto (default): bf16 autocast where the CPU/GPU computes bf16 natively, else fp32")
+                   help="auto (default): bf16 autocast where bf16 is native (a CPU with AVX512-BF16 or AMX, a CUDA GPU "
+                        "from Ampere on), else fp32")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
                    help="keep NCHW memory layout (channels_last is the default; it is faster with oneDNN)")
     p.add_argument("--compile", action="store_true", default=None,
