@@ -124,3 +124,21 @@ def test_normalize_maps_pixels_to_minus_one_one():
     assert out.shape == (1, 1, 2, 2) and out.dtype == torch.float32
     expected = torch.tensor([[-1.0, 1.0], [51 / 127.5 - 1, 128 / 127.5 - 1]])
     assert torch.allclose(out[0, 0], expected, atol=1e-6)
+
+
+def test_a_failed_download_is_one_clear_error_and_leaves_no_folders(tmp_path, monkeypatch):
+    # torchvision's mirrors pointed at a closed local port: the download fails here as it does
+    # offline, whatever network the test machine has.
+    import torchvision.datasets as tvd
+    monkeypatch.setattr(tvd.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    root = tmp_path / "data"
+    with pytest.raises(DataError) as err:
+        data.load("mnist", "train", root, download=True)
+    assert "the download failed" in str(err.value) and str(root / "MNIST" / "raw") in str(err.value)
+    assert not root.exists()  # nothing half-written: no empty MNIST/raw left behind
+    # In a folder that already exists, it stays and only the new, empty subfolders go.
+    root.mkdir()
+    (root / "notes.txt").write_text("mine")
+    with pytest.raises(DataError):
+        data.load("mnist", "test", root, download=True)
+    assert sorted(p.name for p in root.iterdir()) == ["notes.txt"]

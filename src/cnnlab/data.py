@@ -162,17 +162,34 @@ def ensure_files(info: DatasetInfo, root: Path, download: bool = True) -> Path:
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, info.tv_class)
+    new_dirs = [d for d in (root, root / info.folder, raw_dir) if not d.exists()]
+    old_files = set(raw_dir.iterdir()) if raw_dir.is_dir() else set()
     try:
         # torchvision downloads from its mirrors, verifies each archive's MD5 and unpacks to raw/.
         for train in (True, False):
             cls(root=str(root), train=train, download=True)
     except Exception as e:  # no network, DNS failure, mirror down, disk full...
+        _undo_download(raw_dir, old_files, new_dirs)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(_missing_message(info, raw_dir, missing, f"the download failed ({first[:120]})")) from None
     still = [f for f in needed if not (raw_dir / f).is_file()]
     if still:
         raise DataError(_missing_message(info, raw_dir, still, "the download did not produce them"))
     return raw_dir
+
+
+def _undo_download(raw_dir: Path, old_files: set, new_dirs: list) -> None:
+    """After a failed download: remove the archives it left (perhaps cut off) and the folders it
+    made, so the data folder is as it was. Files it fully unpacked stay: they are complete."""
+    if raw_dir.is_dir():
+        for f in set(raw_dir.iterdir()) - old_files:
+            if f.suffix == ".gz" and f.is_file():
+                f.unlink(missing_ok=True)
+    for d in reversed(new_dirs):
+        try:
+            d.rmdir()  # only if empty
+        except OSError:
+            break
 
 
 _CACHE: dict = {}
