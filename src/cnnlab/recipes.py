@@ -25,7 +25,7 @@ RECIPES: dict[str, dict] = {
     # Quiet machine (load 0.1-1.9), same seeds and threads: 18.4 s against 40.0 s, 2.2x. Quiet, 2
     # threads, the whole benchmark in one invocation (2026-11-25 02:26 UTC): 98.49% mean (min 98.39%)
     # in 12.56 s against the lecture's code 30.54 s (98.59%, min 98.34%): 2.4x. 2-core Xeon, fp32,
-    # the whole benchmark in one invocation (2026-12-01 14:12 UTC): 98.57% (min 98.40%) in 19.97 s
+    # the whole benchmark in one invocation (2026-12-01 13:55 UTC): 98.57% (min 98.40%) in 19.97 s
     # against the lecture's code 50.14 s (98.55%, min 98.31%): 2.5x. Fashion-MNIST, same machine and
     # command: 89.32% (min 89.28%) in 19.96 s against the lecture's code 89.15% in 51.37 s: 2.6x.
     "lecture": dict(model="simple_cnn", epochs=2, batch_size=64, optimizer="adam", lr=1e-3,
