@@ -80,8 +80,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    bf16 = "AVX512-BF16" if "avx512_bf16" in flags else ("AMX" if "amx_bf16" in flags else "no native bf16")
+    sys.path.insert(0, str(ROOT / "src"))  # this checkout's cnnlab, as the child runs use
+    from cnnlab.train import native_bf16  # the engine's own test, so the line says what `auto` uses
+
+    bf16 = "native bf16" if native_bf16(torch.device("cpu")) else "no native bf16"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu}, {os.cpu_count()} cores, {bf16}; {platform.system()} {platform.machine()}; "
             f"Python {platform.python_version()}, torch {torch.__version__}; load average at start {load:.1f}")
