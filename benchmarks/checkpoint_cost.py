@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
-from cnnlab import runs
-from cnnlab.models import build_model, count_parameters, model_names
+from cnnlab.engine import checkpoint
+from cnnlab.engine.models import build_model, count_parameters, model_names
 
 
 def main() -> None:
     print("| model | parameters | checkpoint size | write (ms) | read + verify (ms) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / runs.CHECKPOINT
+        path = Path(tmp) / checkpoint.CHECKPOINT
         for name in model_names():
             model = build_model(name)
             opt = torch.optim.Adam(model.parameters())
@@ -33,11 +33,11 @@ def main() -> None:
             for _ in range(5):
                 t = time.perf_counter()
                 tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-                state = {"optimizer": runs.pack(opt.state_dict(), "optim", tensors)}
-                runs.save_checkpoint(path, tensors, state)
+                state = {"optimizer": checkpoint.pack(opt.state_dict(), "optim", tensors)}
+                checkpoint.write(path, tensors, state)
                 writes.append(time.perf_counter() - t)
                 t = time.perf_counter()
-                runs.load_checkpoint(path)
+                checkpoint.read(path)
                 reads.append(time.perf_counter() - t)
             print(f"| {name} | {count_parameters(model):,} | {path.stat().st_size / 1e6:.1f} MB | "
                   f"{statistics.median(writes) * 1e3:.1f} | {statistics.median(reads) * 1e3:.1f} |")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import cnnlab  # noqa: E402  (first: it sets the OpenMP spin policy before torch loads)
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # as the CLI does (cnnlab.cli.tune_process), before torch loads
+import cnnlab  # noqa: E402
 import torch  # noqa: E402
 
 

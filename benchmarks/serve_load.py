@@ -102,7 +102,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from photos import restyle
 
-    from cnnlab.predict import open_image, to_mnist
+    from cnnlab.runs.predict import open_image, to_mnist
     rng = np.random.default_rng(0)
     digit = np.zeros((28, 28), np.uint8)
     digit[6:22, 12:16] = 255

@@ -42,7 +42,7 @@ if kind == "lecture-code":
     extra_out = {{}}
 else:
     import cnnlab
-    from cnnlab import recipes
+    from cnnlab.engine import config as recipes
     r = cnnlab.train(recipes.config(kind, dataset=dataset, seed=seed, **extra), data_dir=data_dir, save=False,
                      progress=False, log=None)
     acc = r.test_accuracy
@@ -56,7 +56,7 @@ print("RESULT " + json.dumps({{"wall": wall, "accuracy": acc, "rss_mib": rss, **
 def run_child(kind: str, dataset: str, seed: int, extra: dict, threads: int | None) -> dict:
     code = CHILD.format(src=str(ROOT / "src"), bench=str(ROOT / "benchmarks"), kind=kind, dataset=dataset,
                         seed=seed, data_dir=DATA_DIR, extra=extra)
-    # The same OpenMP setting for every row (cnnlab sets it on import; the lecture's code would
+    # The same OpenMP setting for every row (the cnnlab CLI sets it; the lecture's code would
     # not), so the table compares pipelines, not spin policies.
     env = {**os.environ, "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "10000")}
     if threads:
@@ -81,7 +81,7 @@ def machine() -> str:
     except OSError:
         pass
     sys.path.insert(0, str(ROOT / "src"))  # this checkout's cnnlab, as the child runs use
-    from cnnlab.train import native_bf16  # the engine's own test, so the line says what `auto` uses
+    from cnnlab.engine.processes import native_bf16  # the engine's own test, so the line says what `auto` uses
 
     bf16 = "native bf16" if native_bf16(torch.device("cpu")) else "no native bf16"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import sync_playwright
+
+import cnnlab
+from cnnlab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -46,7 +50,6 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def quick_run(data_dir, tmp_path_factory):
     """One simple_cnn run (1 epoch, 6,000 images) shared by every test that needs a trained model."""
-    import cnnlab
 
     out = tmp_path_factory.mktemp("runs") / "quick"
     return cnnlab.train(data_dir=data_dir, out=out, progress=False, log=None, **QUICK)
@@ -61,7 +64,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 @pytest.fixture(scope="session")
 def browser():
     """One headless Chromium for the session's browser tests (open pages with browser.new_page())."""
-    from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"{CHROMIUM} not found; install Debian's chromium (apt-get install -y chromium)")
@@ -73,7 +75,6 @@ def browser():
 
 def run_main(capsys, *args) -> tuple[int, str, str]:
     """Run the CLI in this process (no interpreter start-up): (exit status, stdout, stderr)."""
-    from cnnlab.cli import main
 
     try:
         code = main([str(a) for a in args])

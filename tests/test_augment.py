@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import cnnlab
-from cnnlab import augment, data
+from cnnlab.engine import augment, data
 
 
 def _batch(data_dir, n=512):

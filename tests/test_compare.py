@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from cnnlab import data, load
-from cnnlab.evaluate import accuracy
-from cnnlab.params import summarize
-
+from cnnlab import load
+from cnnlab.engine import data
+from cnnlab.lecture.params import summarize
+from cnnlab.runs.inference import accuracy
 from conftest import run_cli, run_main
 
 

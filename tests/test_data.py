@@ -7,8 +7,9 @@ import struct
 import numpy as np
 import pytest
 import torch
+import torchvision.datasets as tvd
 
-from cnnlab import data
+from cnnlab.engine import data
 from cnnlab.errors import DataError
 
 
@@ -129,7 +130,6 @@ def test_normalize_maps_pixels_to_minus_one_one():
 def test_a_failed_download_is_one_clear_error_and_leaves_no_folders(tmp_path, monkeypatch):
     # torchvision's mirrors pointed at a closed local port: the download fails here as it does
     # offline, whatever network the test machine has.
-    import torchvision.datasets as tvd
     monkeypatch.setattr(tvd.MNIST, "mirrors", ["http://127.0.0.1:9/"])
     root = tmp_path / "data"
     with pytest.raises(DataError) as err:

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import cnnlab
-from cnnlab import runs
-
+from cnnlab.engine import checkpoint
+from cnnlab.runs import folder
 from conftest import DATA_DIR, SRC
 
 SETTINGS = dict(limit_train=2000, limit_test=1000, epochs=3, batch_size=32, seed=0, device="cpu")
@@ -43,8 +43,8 @@ def test_two_processes_land_in_the_single_process_band_and_resume_after_ctrl_c(t
     assert out.count("training simple_cnn") == 1 and "2 processes" in out  # rank 0 alone prints
     assert err.count("stopped by SIGINT; checkpoint saved at") == 1, err
     assert f"Resume with: cnnlab train --resume {run_dir}" in err
-    _, state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
-    assert state["world_size"] == 2 and state["epoch"] >= 1 and not (run_dir / runs.WEIGHTS).exists()
+    _, state = checkpoint.read(run_dir / checkpoint.CHECKPOINT)
+    assert state["world_size"] == 2 and state["epoch"] >= 1 and not (run_dir / folder.WEIGHTS).exists()
 
     proc = torchrun("--resume", run_dir, "--json")
     out, err = proc.communicate(timeout=180)
@@ -52,7 +52,7 @@ def test_two_processes_land_in_the_single_process_band_and_resume_after_ctrl_c(t
     assert proc.returncode == 0, err[:4000]
     result = json.loads(out)  # one JSON object: only rank 0 wrote to stdout
     assert [e["epoch"] for e in result["epochs"]] == [1, 2, 3]
-    assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2, 3]
+    assert [r["epoch"] for r in folder.read_metrics(run_dir)] == [1, 2, 3]
     # Same global batch of 32 (16 per process): the same accuracy band as one process.
     assert single.test_accuracy >= 0.85 and result["test_accuracy"] >= 0.85
     assert abs(result["test_accuracy"] - single.test_accuracy) <= 0.03

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import cnnlab
-from cnnlab import recipes
-from cnnlab.models import build_model
-from cnnlab.train import TrainConfig
-
+from cnnlab.engine import config as recipes
+from cnnlab.engine.config import TrainConfig
+from cnnlab.engine.models import build_model
+from cnnlab.engine.processes import resolve_precision
+from cnnlab.runs.evaluate import evaluate
 from conftest import ROOT, run_cli
 
 
@@ -81,7 +82,7 @@ def test_cli_recipe_with_override_and_target(data_dir, tmp_path):
     assert "training fast_cnn (32,394 parameters, 31,978 of them trained)" in r.stderr
     # fast_cnn's first conv was computed from the first 2,000 training images and never trained.
     fresh = build_model("fast_cnn")
-    fresh.init_from_data(cnnlab.data.normalize(cnnlab.data.load("mnist", "train", data_dir).images[:2000], 0.5, 0.5))
+    fresh.init_from_data(cnnlab.engine.data.normalize(cnnlab.engine.data.load("mnist", "train", data_dir).images[:2000], 0.5, 0.5))
     assert torch.equal(cnnlab.load(out).model.features[0].weight, fresh.features[0].weight)
 
 
@@ -93,14 +94,12 @@ def test_precision_and_layout_are_recorded_and_fp32_still_trains(data_dir, tmp_p
     saved = json.loads((tmp_path / "r" / "config.json").read_text())["recipe"]
     assert saved["precision"] == "fp32" and saved["channels_last"] is False
     # The saved weights load back into an ordinary (NCHW, fp32) model with the same accuracy.
-    from cnnlab.evaluate import evaluate
     assert evaluate(tmp_path / "r", data_dir=data_dir, limit=500)["accuracy"] == pytest.approx(result.test_accuracy)
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions():
     # Read the CPU's flags independently of torch: emulated bf16 (AVX-512 without AVX512-BF16)
     # trains 1.4-1.8x slower than float32, so `auto` must not pick it there.
-    from cnnlab.train import resolve_precision
 
     flags = set()
     for line in open("/proc/cpuinfo"):
@@ -119,5 +118,4 @@ def test_bf16_when_asked_for_trains_and_reports_the_float32_accuracy(data_dir, t
     result = cnnlab.train(recipes.config("lecture", epochs=1, limit_train=2000, limit_test=500, precision="bf16"),
                           data_dir=data_dir, out=tmp_path / "r", progress=False, log=None)
     assert result.precision == "bf16" and result.test_accuracy > 0.7
-    from cnnlab.evaluate import evaluate
     assert evaluate(tmp_path / "r", data_dir=data_dir, limit=500)["accuracy"] == result.test_accuracy

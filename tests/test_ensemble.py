@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
+from PIL import Image
 
 import cnnlab
-from cnnlab import runs
-from cnnlab.ensemble import SHIFTS, TTA, Ensemble
-
+from cnnlab.engine.models import count_parameters
+from cnnlab.runs import folder
+from cnnlab.runs.inference import SHIFTS, TTA, Ensemble
+from cnnlab.web.serve import create_app
 from conftest import assert_usage_error, run_cli, run_main
 
 N_TEST = 1000
@@ -31,8 +35,8 @@ def ens(tmp_path_factory, data_dir):
 
 
 @pytest.fixture(scope="session")
-def test_split(data_dir):
-    return cnnlab.data.load("mnist", "test", data_dir).subset(N_TEST)
+def test_images(data_dir):
+    return cnnlab.engine.data.load("mnist", "test", data_dir).subset(N_TEST)
 
 
 def softmax_of(trained, images) -> np.ndarray:
@@ -59,7 +63,7 @@ def test_train_writes_members_and_an_ensemble_config(ens):
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "ensemble" and config["members"] == ["member-1", "member-2"]
     assert config["classes"] == [str(i) for i in range(10)] and config["normalization"] == {"mean": 0.5, "std": 0.5}
-    seeds = [runs.read_config(out / m)["seed"] for m in config["members"]]
+    seeds = [folder.read_config(out / m)["seed"] for m in config["members"]]
     assert seeds == [3, 4] and [m["seed"] for m in report["members"]] == [3, 4]
     assert report["test_images"] == N_TEST and len(report["members"]) == 2
 
@@ -74,30 +78,30 @@ def test_member_accuracies_in_the_json_are_each_members_own(ens, capsys):
         assert member["test_accuracy"] > 0.85
 
 
-def test_ensemble_probabilities_are_the_mean_of_the_members(ens, test_split):
+def test_ensemble_probabilities_are_the_mean_of_the_members(ens, test_images):
     out, _ = ens
     members = [cnnlab.load(out / m) for m in ("member-1", "member-2")]
-    p1, p2 = (softmax_of(m, test_split.images) for m in members)
+    p1, p2 = (softmax_of(m, test_images.images) for m in members)
     assert np.abs(p1 - p2).max() > 0.1  # two seeds really are two different networks
     ensemble = cnnlab.load(out)
     assert isinstance(ensemble.model, Ensemble) and ensemble.classes == members[0].classes
-    np.testing.assert_allclose(ensemble.predict_proba(test_split.images).numpy(), (p1 + p2) / 2, atol=1e-5)
+    np.testing.assert_allclose(ensemble.predict_proba(test_images.images).numpy(), (p1 + p2) / 2, atol=1e-5)
 
 
-def test_ensemble_of_one_model_repeated_is_that_model(ens, test_split):
+def test_ensemble_of_one_model_repeated_is_that_model(ens, test_images):
     member = cnnlab.load(ens[0] / "member-1")
-    x = member.preprocess(test_split.images[:200].unsqueeze(1))
+    x = member.preprocess(test_images.images[:200].unsqueeze(1))
     with torch.no_grad():
         alone = member.model(x).log_softmax(1)
         for copies in (1, 3):
             torch.testing.assert_close(Ensemble([member.model] * copies).eval()(x), alone, atol=1e-5, rtol=0)
 
 
-def test_evaluate_cli_accuracy_is_that_of_the_mean_member_probabilities(ens, test_split, capsys):
+def test_evaluate_cli_accuracy_is_that_of_the_mean_member_probabilities(ens, test_images, capsys):
     out, report = ens
     members = [cnnlab.load(out / m) for m in ("member-1", "member-2")]
-    mean = np.mean([softmax_of(m, test_split.images) for m in members], axis=0)
-    correct = int((mean.argmax(1) == test_split.labels.numpy()).sum())
+    mean = np.mean([softmax_of(m, test_images.images) for m in members], axis=0)
+    correct = int((mean.argmax(1) == test_images.labels.numpy()).sum())
     code, stdout, err = run_main(capsys, "evaluate", out, "--limit", N_TEST, "--json")
     assert code == 0, err
     result = json.loads(stdout)
@@ -105,11 +109,11 @@ def test_evaluate_cli_accuracy_is_that_of_the_mean_member_probabilities(ens, tes
     assert result["correct"] == correct and result["accuracy"] == report["test_accuracy"]
 
 
-def test_tta_accuracy_is_that_of_the_hand_shifted_views(ens, test_split, capsys):
+def test_tta_accuracy_is_that_of_the_hand_shifted_views(ens, test_images, capsys):
     out, report = ens
     members = [cnnlab.load(out / m) for m in ("member-1", "member-2")]
-    mean = np.mean([tta_proba(m, test_split.images) for m in members], axis=0)
-    correct = int((mean.argmax(1) == test_split.labels.numpy()).sum())
+    mean = np.mean([tta_proba(m, test_images.images) for m in members], axis=0)
+    correct = int((mean.argmax(1) == test_images.labels.numpy()).sum())
     code, stdout, err = run_main(capsys, "evaluate", out, "--limit", N_TEST, "--tta", "--json")
     assert code == 0, err
     result = json.loads(stdout)
@@ -119,10 +123,10 @@ def test_tta_accuracy_is_that_of_the_hand_shifted_views(ens, test_split, capsys)
     assert cnnlab.evaluate(cnnlab.load(out), limit=N_TEST, tta=True)["accuracy"] == result["accuracy"]
 
 
-def test_tta_output_is_the_log_mean_softmax_over_five_views(ens, test_split):
+def test_tta_output_is_the_log_mean_softmax_over_five_views(ens, test_images):
     member = cnnlab.load(ens[0] / "member-1", tta=True)
     assert isinstance(member.model, TTA) and member.model.views == 5
-    images = test_split.images[:300]
+    images = test_images.images[:300]
     got = member.predict_proba(images).double().numpy()
     plain = cnnlab.load(ens[0] / "member-1")
     np.testing.assert_allclose(got, tta_proba(plain, images), atol=1e-5)
@@ -165,13 +169,10 @@ def test_ensemble_command_joins_runs_with_the_same_results(ens, tmp_path, capsys
 
 def test_serve_shows_the_ensembles_recorded_test_accuracy(ens):
     """An ensemble has no metrics.jsonl: its evaluation is kept in its config, and /api/model shows it."""
-    import warnings
 
-    from cnnlab.serve import create_app
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # starlette's note about httpx2
-        from fastapi.testclient import TestClient
 
     out, report = ens
     recorded = json.loads((out / "config.json").read_text())["evaluation"]
@@ -188,10 +189,8 @@ def test_ensemble_exports_to_onnx_with_parity(ens, tmp_path, capsys):
     assert r["max_abs_diff"] <= 1e-4 and r["metadata"]["model"] == "ensemble"
 
 
-def test_predict_tta_averages_the_views_of_the_preprocessed_image(ens, test_split, tmp_path, capsys):
-    from PIL import Image
-
-    Image.fromarray(test_split.images[0].numpy()).save(tmp_path / "digit.png")
+def test_predict_tta_averages_the_views_of_the_preprocessed_image(ens, test_images, tmp_path, capsys):
+    Image.fromarray(test_images.images[0].numpy()).save(tmp_path / "digit.png")
     seen = tmp_path / "seen"
     probs = {}
     for flag in ([], ["--tta"]):
@@ -289,12 +288,12 @@ def test_best_recipe_ensemble_cycles_through_its_three_networks(mixed, capsys):
     # Each network learns under the recipe: 81-92% after one epoch of 2,000 images (chance is 10%).
     assert all(m["test_accuracy"] > 0.75 for m in report["members"]), report["members"]
     for k, (name, seed) in enumerate(zip(networks, [5, 6, 7, 8]), 1):
-        saved = runs.read_config(out / f"member-{k}")
+        saved = folder.read_config(out / f"member-{k}")
         assert (saved["model"], saved["seed"], saved["recipe"]["recipe"], saved["recipe"]["augment"]) == \
             (name, seed, "best", "affine")
-        assert saved["parameters"] == cnnlab.models.count_parameters(cnnlab.models.build_model(name))
+        assert saved["parameters"] == count_parameters(cnnlab.build_model(name))
     # The ensemble is the mean of these different networks' probabilities, as for one network.
-    split = cnnlab.data.load("mnist", "test").subset(300)
+    split = cnnlab.engine.data.load("mnist", "test").subset(300)
     members = [cnnlab.load(out / f"member-{k}") for k in range(1, 5)]
     mean = np.mean([softmax_of(m, split.images) for m in members], axis=0)
     assert report["test_accuracy"] == pytest.approx(float((mean.argmax(1) == split.labels.numpy()).mean()), abs=1e-6)

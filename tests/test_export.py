@@ -6,24 +6,23 @@ import json
 import warnings
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
+import cnnlab
+import cnnlab.engine.data
+from cnnlab.engine.data import normalize
 from conftest import run_cli, run_main
 
 
 @pytest.fixture(scope="module")
 def mnist_test(data_dir):
-    import cnnlab.data
-    return cnnlab.data.load("mnist", "test", data_dir)
+    return cnnlab.engine.data.load("mnist", "test", data_dir)
 
 
 def test_onnx_export_parity_metadata_dynamic_batch(quick_run, tmp_path, mnist_test):
-    import onnxruntime as ort
-
-    import cnnlab
-    from cnnlab.data import normalize
-
     out = tmp_path / "digits.onnx"
     r = run_cli("export", quick_run.run_dir, "--format", "onnx", "--out", out)
     assert r.returncode == 0, r.stderr
@@ -46,8 +45,6 @@ def test_onnx_export_parity_metadata_dynamic_batch(quick_run, tmp_path, mnist_te
 
 
 def test_predict_accepts_exported_onnx(quick_run, tmp_path, mnist_test, capsys):
-    from PIL import Image
-
     onnx_file = tmp_path / "m.onnx"
     assert run_main(capsys, "export", quick_run.run_dir, "--out", onnx_file)[0] == 0
     for i in range(5):
@@ -61,8 +58,6 @@ def test_predict_accepts_exported_onnx(quick_run, tmp_path, mnist_test, capsys):
 
 
 def test_torchscript_export(quick_run, tmp_path, mnist_test, capsys):
-    import cnnlab
-
     code, out, err = run_main(capsys, "export", quick_run.run_dir, "--format", "torchscript", "--out", tmp_path / "m.pt", "--json")
     assert code == 0, err
     info = json.loads(out)
@@ -73,7 +68,7 @@ def test_torchscript_export(quick_run, tmp_path, mnist_test, capsys):
         model = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
     meta = json.loads(extra["cnnlab.json"])
     images = mnist_test.images[:5]
-    x = cnnlab.data.normalize(images, meta["normalization"]["mean"], meta["normalization"]["std"])
+    x = cnnlab.engine.data.normalize(images, meta["normalization"]["mean"], meta["normalization"]["std"])
     with torch.no_grad():
         assert torch.allclose(model(x), cnnlab.load(quick_run.run_dir).logits(images), atol=1e-4)
 

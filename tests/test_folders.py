@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from cnnlab import data, runs
+import cnnlab
+from cnnlab.engine import data
 from cnnlab.errors import DataError
+from cnnlab.runs import folder
+from cnnlab.runs.predict import load_classifier, predict_files, predict_images
+from conftest import run_cli
 
 NAMES = ["zero", "one", "two"]
 
@@ -100,11 +106,6 @@ def test_folder_problems_are_one_clear_line(tmp_path, mnist, layout, flags, mess
 
 
 def test_train_on_a_folder_saves_class_names_used_by_evaluate_and_load(tmp_path, mnist, data_dir):
-    import json
-
-    import cnnlab
-    from conftest import run_cli
-
     write_digits(tmp_path / "digits", mnist, per_class=60)
     (tmp_path / "digits" / "two" / "bad.png").write_bytes(b"oops")
     out = tmp_path / "run"
@@ -116,7 +117,7 @@ def test_train_on_a_folder_saves_class_names_used_by_evaluate_and_load(tmp_path,
     config = json.loads((out / "config.json").read_text())
     assert config["classes"] == ["one", "two", "zero"]
     assert config["dataset"] == f"folder:{(tmp_path / 'digits').resolve()}"
-    final = runs.read_metrics(out)[-1]
+    final = folder.read_metrics(out)[-1]
     assert final["test_accuracy"] >= 0.85  # 0, 1, 2 from 45 images each
     assert final["val_accuracy"] == final["test_accuracy"]  # held-out part serves as both
     assert cnnlab.load(out).classes == ["one", "two", "zero"]
@@ -126,7 +127,6 @@ def test_train_on_a_folder_saves_class_names_used_by_evaluate_and_load(tmp_path,
     # The digit "1" images sit in class 0 ("one"): the confusion matrix rows follow folder order.
     assert sum(report["confusion_matrix"][0]) == 15
     # Prediction answers with the folder names, and agrees with evaluate on the held-out images.
-    from cnnlab.predict import load_classifier, predict_images
 
     test = data.load(config["dataset"], "test", val_split=0.25)
     answers = [p["label"] for p in predict_images(load_classifier(out), test.images.numpy())]
@@ -136,7 +136,6 @@ def test_train_on_a_folder_saves_class_names_used_by_evaluate_and_load(tmp_path,
 
     # Image files given to predict are prepared the way training prepared them (only resized),
     # not MNIST-style (cropped and re-centred), so predict sees exactly what training saw.
-    from cnnlab.predict import predict_files
 
     files = sorted((tmp_path / "digits" / "one").glob("*.jpg"))[:5]
     saved = tmp_path / "seen"
@@ -145,3 +144,29 @@ def test_train_on_a_folder_saves_class_names_used_by_evaluate_and_load(tmp_path,
         as_trained = data.resize_gray(Image.open(f))
         assert np.array_equal(np.asarray(Image.open(r["preprocessed"])), as_trained)
         assert r["prediction"] == predict_images(load_classifier(out), as_trained[None])[0]["prediction"]
+
+
+def test_a_flat_folder_run_works_with_every_command_that_tests_it(tmp_path, mnist):
+    """Every command asks runs.folder.test_split for a run's test images, so a run trained on a flat
+    folder (tested on its held-out share) can be evaluated, drawn, reported, shift-tested and exported."""
+    write_digits(tmp_path / "digits", mnist, per_class=40)
+    run = tmp_path / "run"
+    r = run_cli("train", "--dataset", f"folder:{tmp_path / 'digits'}", "--val-split", "0.25", "--epochs", "1",
+                "--batch-size", "8", "--lr", "0.002", "--out", run, "--json")
+    assert r.returncode == 0, r.stderr
+    trained_acc = json.loads(r.stdout)["test_accuracy"]
+    ev = run_cli("evaluate", run, "--json")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["total"] == 30 and json.loads(ev.stdout)["accuracy"] == trained_acc
+    vis = run_cli("visualize", run, "--out", tmp_path / "figs", "--json")
+    assert vis.returncode == 0, vis.stderr
+    assert json.loads(vis.stdout)["test_images"] == 30
+    rep = run_cli("report", run, "--out", tmp_path / "report.html", "--json")
+    assert rep.returncode == 0, rep.stderr
+    assert json.loads(rep.stdout)["accuracy"] == trained_acc
+    inv = run_cli("pool", "--invariance", run, "--out", tmp_path / "inv.png", "--json")
+    assert inv.returncode == 0, inv.stderr
+    assert json.loads(inv.stdout)["images"] == 30
+    exp = run_cli("export", run, "--out", tmp_path / "model.onnx", "--json")
+    assert exp.returncode == 0, exp.stderr
+    assert json.loads(exp.stdout)["checked_on"] == f"30 folder:{(tmp_path / 'digits').resolve()} test images"

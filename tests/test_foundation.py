@@ -11,9 +11,8 @@ import pytest
 import torch
 
 import cnnlab
-from cnnlab import runs
 from cnnlab.errors import CnnlabError
-
+from cnnlab.runs import folder
 from conftest import QUICK, assert_usage_error, run_cli
 
 
@@ -32,7 +31,7 @@ def test_run_folder_holds_weights_config_and_metrics(quick_run):
     assert config["normalization"] == {"mean": 0.5, "std": 0.5}
     assert config["recipe"]["batch_size"] == QUICK["batch_size"] and config["seed"] == 0
     assert config["versions"]["torch"] == torch.__version__
-    rows = runs.read_metrics(run_dir)
+    rows = folder.read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == [1]
     umask = os.umask(0)
     os.umask(umask)
@@ -48,7 +47,7 @@ def test_evaluate_gives_the_same_accuracy_back(quick_run, data_dir):
     cm = torch.tensor(result["confusion_matrix"])
     assert cm.shape == (10, 10) and int(cm.sum()) == 2000
     assert int(cm.diag().sum()) == result["correct"]
-    test_labels = cnnlab.data.load("mnist", "test", data_dir).labels[:2000]
+    test_labels = cnnlab.engine.data.load("mnist", "test", data_dir).labels[:2000]
     assert cm.sum(dim=1).tolist() == torch.bincount(test_labels, minlength=10).tolist()
     for acc, row, k in zip(result["per_class_accuracy"], result["confusion_matrix"], range(10)):
         assert acc == pytest.approx(row[k] / sum(row))
@@ -67,7 +66,7 @@ def test_evaluate_cli_json_matches_the_api(quick_run, data_dir):
 
 def test_load_returns_a_ready_model_with_its_preprocessing(quick_run, data_dir):
     trained = cnnlab.load(quick_run.run_dir)
-    test = cnnlab.data.load("mnist", "test", data_dir)
+    test = cnnlab.engine.data.load("mnist", "test", data_dir)
     preds = trained.predict(test.images[:2000])
     assert float((preds == test.labels[:2000]).float().mean()) == pytest.approx(quick_run.test_accuracy)
     probs = trained.predict_proba(test.images[:5])
@@ -98,24 +97,24 @@ def test_train_cli_json_reports_epochs_and_run_dir(tmp_path):
                                                        "val_accuracy"]] * 2
     assert 0.5 < result["test_accuracy"] <= 1.0
     assert result["epochs"][1]["mean_loss"] < result["epochs"][0]["mean_loss"]
-    assert len(runs.read_metrics(out)) == 2
+    assert len(folder.read_metrics(out)) == 2
     assert "epoch 2/2: mean loss" in proc.stderr
 
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "resnet"], "unknown model 'resnet'"),
     (["--dataset", "cifar"], "unknown dataset 'cifar'"),
-    (["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
-    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
-    (["--lr", "0"], "argument --lr: must be greater than 0, got 0.0"),
-    (["--lr", "-0.1"], "argument --lr: must be greater than 0, got -0.1"),
+    (["--epochs", "0"], "argument --epochs: must be in [1, 10000], got 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be in [1, 1000000], got 0"),
+    (["--lr", "0"], "argument --lr: must be in (0, 100], got 0.0"),
+    (["--lr", "-0.1"], "argument --lr: must be in (0, 100], got -0.1"),
     (["--epochs", "two"], "expected a whole number, got 'two'"),
-    (["--device", "tpu"], "invalid choice: 'tpu'"),
+    (["--device", "tpu"], "unknown device 'tpu'; choose one of: auto, cpu, cuda, mps"),
     (["--schedule", "onecycle", "--limit-train", "100"], "--schedule onecycle needs at least 5 training steps, this run has 4"),
     (["--recipe", "fastest"], "invalid choice: 'fastest'"),
     (["--target-accuracy", "99"], "not a percentage"),
-    (["--precision", "fp8"], "invalid choice: 'fp8'"),
-    (["--augment", "blur"], "invalid choice: 'blur'"),
+    (["--precision", "fp8"], "unknown precision 'fp8'"),
+    (["--augment", "blur"], "unknown augment 'blur'"),
 ])
 def test_train_argument_errors_are_one_line_and_exit_2(tmp_path, args, message):
     proc = run_cli("train", *args, "--out", tmp_path / "never")

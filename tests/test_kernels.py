@@ -4,21 +4,21 @@ import json
 
 import numpy as np
 import pytest
+import skimage.data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 from scipy import ndimage
 
-from cnnlab import kernels
-
+from cnnlab.lecture import kernels
+from cnnlab.see import gallery
 from conftest import run_main
 
 
 @pytest.fixture(scope="module")
 def photo():
-    import skimage.data
-    return kernels.to_gray(skimage.data.camera())[100:164, 200:264]  # a 64x64 crop with edges
+    return gallery.to_gray(skimage.data.camera())[100:164, 200:264]  # a 64x64 crop with edges
 
 
 def test_named_kernels_equal_scipy_filters(photo):

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import cnnlab
-
+from cnnlab.engine.config import MODELS as REGISTRY
+from cnnlab.engine.models import build_model, count_parameters, get_spec
 from cnnlab.errors import CnnlabError
-from cnnlab.models import REGISTRY, build_model, count_parameters, get_spec
 
 
 def test_lecture_parameter_counts():
@@ -61,7 +61,7 @@ def test_fast_cnn_flattens_the_same_features_in_either_memory_layout():
 def test_fast_cnn_first_layer_is_the_whitened_patch_pca_of_the_data(data_dir):
     """init_from_data: 8 principal directions of the 5x5 patches, scaled to unit variance, and their
     negatives; checked against patches cut out and decomposed independently with numpy."""
-    x = cnnlab.data.normalize(cnnlab.data.load("mnist", "train", data_dir).images[:2000], 0.5, 0.5)
+    x = cnnlab.engine.data.normalize(cnnlab.engine.data.load("mnist", "train", data_dir).images[:2000], 0.5, 0.5)
     model = build_model("fast_cnn")
     model.init_from_data(x)
     w = model.features[0].weight.detach().double().reshape(16, 25).numpy()

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+import torchvision
 
-from cnnlab import params
-from cnnlab.models import build_model, model_names
-
+from cnnlab.engine.models import build_model, model_names
+from cnnlab.lecture import params
 from conftest import assert_usage_error, run_cli, run_main
 
 
@@ -56,8 +56,6 @@ def test_lenet5_and_simple_cnn_by_hand():
 
 
 def test_torchvision_alexnet_reference():
-    import torchvision
-
     with torch.device("meta"):
         alexnet = torchvision.models.alexnet()
     s = params.summarize(alexnet, (3, 224, 224))

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cnnlab
+import cnnlab.engine.data
+from cnnlab.runs.predict import load_classifier, open_image, predict_files, to_mnist
 from conftest import run_cli, run_main
 from photos import restyle
 
@@ -31,8 +34,7 @@ def bomb_png(side: int = 100_000) -> bytes:
 
 @pytest.fixture(scope="module")
 def mnist_test(data_dir):
-    import cnnlab.data
-    return cnnlab.data.load("mnist", "test", data_dir)
+    return cnnlab.engine.data.load("mnist", "test", data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,6 @@ def photos(tmp_path_factory, mnist_test):
 
 
 def test_photos_classified_about_as_well_as_mnist(quick_run, photos, mnist_test):
-    import cnnlab
-    from cnnlab.predict import load_classifier, predict_files
-
     labels = mnist_test.labels[:N_PHOTOS].numpy()
     mnist_acc = float((cnnlab.load(quick_run.run_dir).predict(mnist_test.images[:N_PHOTOS]).numpy() == labels).mean())
     results = predict_files(load_classifier(quick_run.run_dir), [photos])
@@ -62,7 +61,6 @@ def test_photos_classified_about_as_well_as_mnist(quick_run, photos, mnist_test)
 
 def test_preprocessing_recovers_the_mnist_digit(mnist_test):
     """A photo of an MNIST digit, preprocessed, looks like the digit: same place, same shape."""
-    from cnnlab.predict import open_image, to_mnist
 
     rng = np.random.default_rng(1)
     for i in range(10):
@@ -81,8 +79,6 @@ def test_preprocessing_recovers_the_mnist_digit(mnist_test):
 
 
 def test_light_background_inverted_and_dark_kept():
-    from cnnlab.predict import to_mnist
-
     dark_on_light = np.full((100, 80), 230, np.uint8)
     dark_on_light[20:80, 35:45] = 30          # a thick "1" in dark ink
     a = to_mnist(Image.fromarray(dark_on_light))
@@ -95,8 +91,6 @@ def test_light_background_inverted_and_dark_kept():
 
 
 def test_uneven_light_and_noise_suppressed():
-    from cnnlab.predict import to_mnist
-
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:200, 0:200]
     page = 250 - 0.4 * x - 0.2 * y + rng.normal(0, 6, (200, 200))   # lamp on the top left
@@ -159,8 +153,6 @@ def test_cli_usage_errors(quick_run, tmp_path, capsys):
 
 
 def test_transparent_png_and_16_bit():
-    from cnnlab.predict import to_mnist
-
     rgba = np.zeros((90, 90, 4), np.uint8)
     rgba[15:75, 40:50] = [0, 0, 0, 255]        # black ink on a transparent sheet
     a = to_mnist(Image.fromarray(rgba, "RGBA"))

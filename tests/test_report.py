@@ -7,7 +7,9 @@ import re
 
 import pytest
 
-from cnnlab import report
+import cnnlab
+from cnnlab.cli import main
+from cnnlab.see import report
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +60,6 @@ def test_report_file_is_self_contained(built, quick_run):
 
 
 def test_report_of_an_mlp_says_what_does_not_apply(data_dir, tmp_path, browser):
-    import cnnlab
-
     run = cnnlab.train(model="mlp", epochs=1, limit_train=500, limit_test=100, data_dir=data_dir,
                        out=tmp_path / "mlp", progress=False, log=None)
     r = report.build(run.run_dir, tmp_path / "mlp.html", limit=100, mistakes=4, data_dir=data_dir)
@@ -73,8 +73,6 @@ def test_report_of_an_mlp_says_what_does_not_apply(data_dir, tmp_path, browser):
 
 
 def test_report_cli_json_and_errors(quick_run, tmp_path, capsys):
-    from cnnlab.cli import main
-
     out = tmp_path / "r.html"
     assert main(["report", str(quick_run.run_dir), "--out", str(out), "--limit", "500", "--json"]) == 0
     j = json.loads(capsys.readouterr().out)

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 import cnnlab
-from cnnlab import runs
+from cnnlab.engine import checkpoint
 from cnnlab.errors import CnnlabError, Interrupted, RunError
-
+from cnnlab.runs import folder
 from conftest import DATA_DIR, SRC, assert_usage_error, run_cli
 
 RUN = dict(limit_train=2000, limit_test=500, epochs=3, batch_size=32, schedule="onecycle", seed=3, threads=1)
@@ -45,7 +45,7 @@ def interrupt_during(proc: subprocess.Popen, epoch_line: str, sig: int) -> tuple
 
 
 def same_weights(a, b) -> bool:
-    wa, wb = load_file(str(a / runs.WEIGHTS)), load_file(str(b / runs.WEIGHTS))
+    wa, wb = load_file(str(a / folder.WEIGHTS)), load_file(str(b / folder.WEIGHTS))
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -57,8 +57,8 @@ def test_sigint_then_sigterm_then_resume_ends_identical_to_an_uninterrupted_run(
     assert code == 130, err
     assert f"Resume with: cnnlab train --resume {run_dir}" in err and "Traceback" not in err
     assert "stopped by SIGINT; checkpoint saved at" in err
-    assert not (run_dir / runs.WEIGHTS).exists()  # a run that did not finish has no final weights
-    assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1]
+    assert not (run_dir / folder.WEIGHTS).exists()  # a run that did not finish has no final weights
+    assert [r["epoch"] for r in folder.read_metrics(run_dir)] == [1]
 
     code, out, err = interrupt_during(start_cli("train", "--resume", run_dir), "epoch 2/3", signal.SIGTERM)
     assert code == 143, err
@@ -67,7 +67,7 @@ def test_sigint_then_sigterm_then_resume_ends_identical_to_an_uninterrupted_run(
     resumed = cnnlab.train(resume=run_dir, data_dir=data_dir, progress=False, log=None)
     assert same_weights(straight.run_dir, run_dir)
     assert [e.mean_loss for e in resumed.epochs] == [e.mean_loss for e in straight.epochs]
-    assert [r["test_accuracy"] for r in runs.read_metrics(run_dir)] == [e.test_accuracy for e in straight.epochs]
+    assert [r["test_accuracy"] for r in folder.read_metrics(run_dir)] == [e.test_accuracy for e in straight.epochs]
     # A finished run has nothing left to resume.
     with pytest.raises(CnnlabError, match="already finished 3 epochs; nothing to resume"):
         cnnlab.train(resume=run_dir, data_dir=data_dir, log=None)
@@ -94,7 +94,7 @@ def test_each_schedule_resumes_exactly_at_an_epoch_boundary(tmp_path, data_dir, 
         cnnlab.train(data_dir=data_dir, out=tmp_path / "b", progress=False, log=SignalAfterEpoch(2), **settings)
     assert stop.value.exit_code == 130 and "at the start of epoch 3" in str(stop.value)
     # The learning rate in the checkpoint is the one after 2 of 4 epochs' steps, not the initial one.
-    _, state = runs.load_checkpoint(tmp_path / "b" / runs.CHECKPOINT)
+    _, state = checkpoint.read(tmp_path / "b" / checkpoint.CHECKPOINT)
     assert state["epoch"] == 2 and state["step"] == 0
     resumed = cnnlab.train(resume=tmp_path / "b", data_dir=data_dir, progress=False, log=None)
     assert same_weights(tmp_path / "a", tmp_path / "b")
@@ -127,7 +127,7 @@ def test_bad_resumes_are_one_line_errors(tmp_path, data_dir):
     assert changed.stderr.strip().endswith("drop --batch-size, --lr (only --epochs, --device and --threads may change)")
     with pytest.raises(CnnlabError, match="drop --limit-train"):
         cnnlab.train(resume=run_dir, limit_train=600, log=None)
-    ckpt = run_dir / runs.CHECKPOINT
+    ckpt = run_dir / checkpoint.CHECKPOINT
     raw = ckpt.read_bytes()
     ckpt.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(RunError, match="checkpoint.safetensors is truncated or corrupt"):
@@ -143,5 +143,5 @@ def test_bad_resumes_are_one_line_errors(tmp_path, data_dir):
         cnnlab.train(resume=tmp_path / "nowhere", log=None)
     with pytest.raises(RunError, match="has no checkpoint.safetensors"):
         (tmp_path / "empty").mkdir()
-        (tmp_path / "empty" / runs.CONFIG).write_text('{"model": "simple_cnn"}')
+        (tmp_path / "empty" / folder.CONFIG).write_text('{"model": "simple_cnn"}')
         cnnlab.train(resume=tmp_path / "empty", log=None)

@@ -9,9 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import cnnlab
+import cnnlab.engine.data
+from cnnlab.web.serve import create_app
 from photos import restyle
+from test_predict import bomb_png
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx2
@@ -20,14 +25,12 @@ with warnings.catch_warnings():
 
 @pytest.fixture(scope="module")
 def client(quick_run):
-    from cnnlab.serve import create_app
     return TestClient(create_app(quick_run.run_dir))
 
 
 @pytest.fixture(scope="module")
 def mnist_test(data_dir):
-    import cnnlab.data
-    return cnnlab.data.load("mnist", "test", data_dir)
+    return cnnlab.engine.data.load("mnist", "test", data_dir)
 
 
 def png_bytes(a: np.ndarray) -> bytes:
@@ -47,8 +50,6 @@ def test_health_and_model(client):
 
 
 def test_json_array_matches_python_api(client, quick_run, mnist_test):
-    import cnnlab
-
     trained = cnnlab.load(quick_run.run_dir)
     images = mnist_test.images[:20]
     expected = trained.predict_proba(images).numpy()
@@ -84,8 +85,7 @@ def test_feature_maps_and_filters(client, quick_run, mnist_test):
     assert (conv1["channels"], conv1["height"], conv1["width"]) == (16, 28, 28)
     assert (conv2["channels"], conv2["height"], conv2["width"]) == (32, 14, 14)
     # Decoded maps equal ReLU(conv1(x)) computed here, up to the 8-bit quantisation.
-    import torch
-    import cnnlab
+
     trained = cnnlab.load(quick_run.run_dir)
     with torch.no_grad():
         want = torch.relu(trained.model.features[0](trained.preprocess(img[None])))[0].numpy()
@@ -155,7 +155,6 @@ def test_truncated_and_oversized_uploads(client, mnist_test):
 
 
 def test_decompression_bomb_refused(client):
-    from test_predict import bomb_png
     r = client.post("/api/predict", files={"file": ("bomb.png", bomb_png(), "image/png")})
     assert r.status_code == 413 and "megapixels" in r.json()["error"]
 

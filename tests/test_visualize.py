@@ -11,11 +11,13 @@ import torch
 from PIL import Image
 
 import cnnlab
-from cnnlab import data as data_mod
-from cnnlab import visualize as V
-from cnnlab.models import REGISTRY, build_model
-from cnnlab.runs import TrainedModel
-
+from cnnlab.cli import main
+from cnnlab.engine import data as data_mod
+from cnnlab.engine.config import MODELS as REGISTRY
+from cnnlab.engine.models import build_model
+from cnnlab.runs.folder import TrainedModel
+from cnnlab.see import explain
+from cnnlab.see import visualize as V
 from conftest import assert_usage_error, run_cli
 
 LIMIT = 500
@@ -27,7 +29,7 @@ def visuals(quick_run, data_dir):
 
 
 @pytest.fixture(scope="module")
-def test_split(data_dir):
+def test_images(data_dir):
     return data_mod.load("mnist", "test", data_dir)
 
 
@@ -48,9 +50,9 @@ def test_one_filter_panel_per_first_layer_filter_each_with_its_best_kernel(visua
     assert f.data["layer"] == "features.0"
     assert len(f.data["matches"]) == len(f.data["filters"]) == conv.out_channels == 16
     np.testing.assert_allclose(f.data["filters"], conv.weight.detach()[:, 0].numpy(), rtol=1e-6)
-    bank = V.hand_kernels(3)
+    bank = explain.hand_kernels(3)
     for m, w in zip(f.data["matches"], np.array(f.data["filters"])):
-        scores = {n: V.cosine(w, k) for n, k in bank.items()}
+        scores = {n: explain.cosine(w, k) for n, k in bank.items()}
         best = max(scores, key=lambda n: abs(scores[n]))
         assert m["match"].lstrip("-") == best
         assert m["match"].startswith("-") == (scores[best] < 0)
@@ -63,27 +65,27 @@ def PNG_SIZE(png: bytes):
 
 
 def test_planted_kernels_are_recognised_with_their_sign():
-    bank = V.hand_kernels(3)
+    bank = explain.hand_kernels(3)
     rng = np.random.default_rng(0)
     filters = np.stack([2.5 * bank["sobel-x"], -0.3 * bank["prewitt-y"],
                         bank["laplacian"] + 0.3 * rng.standard_normal((3, 3))])
-    got = V.match_kernels(filters)
+    got = explain.match_kernels(filters)
     assert [m["match"] for m in got] == ["sobel-x", "-prewitt-y", "laplacian"]
     assert got[0]["similarity"] == pytest.approx(1.0) and got[1]["similarity"] == pytest.approx(1.0)
     assert 0.9 < got[2]["similarity"] < 0.999
     # 5x5 filters are compared with 5x5 kernels: the same 3x3 operator centred, or a 5x5 blur.
-    five = V.match_kernels(np.stack([np.pad(bank["sobel-y"], 1), np.full((5, 5), 0.04)]))
+    five = explain.match_kernels(np.stack([np.pad(bank["sobel-y"], 1), np.full((5, 5), 0.04)]))
     assert [m["match"] for m in five] == ["sobel-y", "box-blur"]
 
 
-def test_feature_maps_are_each_layers_real_output(visuals, quick_run, test_split):
+def test_feature_maps_are_each_layers_real_output(visuals, quick_run, test_images):
     f = fig(visuals, "feature_maps")
     assert f.data["index"] == 3
     assert [(l["layer"], l["kind"], l["shape"]) for l in f.data["layers"]] == [
         ("features.0", "conv", [16, 28, 28]), ("features.2", "pool", [16, 14, 14]),
         ("features.3", "conv", [32, 14, 14]), ("features.5", "pool", [32, 7, 7])]
     feats = quick_run.model.features.eval()
-    x = data_mod.normalize(test_split.images[3:4], 0.5, 0.5)
+    x = data_mod.normalize(test_images.images[3:4], 0.5, 0.5)
     with torch.no_grad():
         expected = [feats[:1](x), feats[:3](x), feats[:4](x), feats[:6](x)]
     for got, want in zip(f.arrays, expected):
@@ -100,22 +102,22 @@ def test_confusion_matrix_counts_every_test_image_once(visuals, quick_run, data_
     assert visuals.summary["misclassified"] == LIMIT - ev["correct"]
 
 
-def test_mistakes_shown_are_really_misclassified_most_confident_first(visuals, quick_run, test_split):
+def test_mistakes_shown_are_really_misclassified_most_confident_first(visuals, quick_run, test_images):
     items = fig(visuals, "mistakes").data["mistakes"]
     assert len(items) == min(16, visuals.summary["misclassified"]) > 0
     idx = torch.tensor([it["index"] for it in items])
     assert (idx < LIMIT).all()
     trained = cnnlab.load(quick_run.run_dir)
-    probs = trained.predict_proba(test_split.images[idx])
+    probs = trained.predict_proba(test_images.images[idx])
     for it, p in zip(items, probs):
-        assert it["true"] == int(test_split.labels[it["index"]])
+        assert it["true"] == int(test_images.labels[it["index"]])
         assert it["predicted"] == int(p.argmax()) != it["true"]
         assert it["confidence"] == pytest.approx(float(p.max()), abs=1e-4)
     confidences = [it["confidence"] for it in items]
     assert confidences == sorted(confidences, reverse=True)
     # No misclassified image left out is more confident than the least confident one shown.
-    all_p = trained.predict_proba(test_split.images[:LIMIT])
-    wrong = all_p.argmax(1) != test_split.labels[:LIMIT]
+    all_p = trained.predict_proba(test_images.images[:LIMIT])
+    wrong = all_p.argmax(1) != test_images.labels[:LIMIT]
     assert float(all_p.max(1).values[wrong].sort(descending=True).values[len(items) - 1]) == \
         pytest.approx(confidences[-1], abs=1e-4)
 
@@ -128,7 +130,7 @@ def test_training_curves_are_the_runs_metrics(visuals, quick_run):
     assert f.data["val_accuracy"] == [e.val_accuracy for e in quick_run.epochs]
 
 
-def test_saliency_marks_the_pixels_that_move_the_score(visuals, quick_run, test_split):
+def test_saliency_marks_the_pixels_that_move_the_score(visuals, quick_run, test_images):
     f = fig(visuals, "saliency")
     assert f.data["gradcam_layer"] == "features.5"  # the last spatial map: conv -> ReLU -> pool
     rows = f.arrays
@@ -139,7 +141,7 @@ def test_saliency_marks_the_pixels_that_move_the_score(visuals, quick_run, test_
         assert r["saliency"].shape == (28, 28) and (r["saliency"] >= 0).all()
         cam = r["gradcam"]
         assert cam.shape == (28, 28) and cam.min() >= 0 and cam.max() == pytest.approx(1.0)
-        img = test_split.images[r["index"]].clone()
+        img = test_images.images[r["index"]].clone()
         base = float(trained.logits(img[None])[0, r["predicted"]])
         order = np.argsort(r["saliency"].ravel())
         for pixels, drops in ((order[-30:], drops_top), (order[:30], drops_low)):
@@ -178,7 +180,7 @@ def test_every_conv_model_in_the_registry_gets_every_figure(name, data_dir):
     assert [na["figure"] for na in v.not_applicable] == ["curves"]  # an unsaved model has no metrics
     model = untrained(name).model
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    pools = [m for m in model.modules() if isinstance(m, V.POOLS)]
+    pools = [m for m in model.modules() if isinstance(m, explain.POOLS)]
     layers = fig(v, "feature_maps").data["layers"]
     assert sum(l["kind"] == "conv" for l in layers) == len(convs)
     assert sum(l["kind"] == "pool" for l in layers) == len(pools)
@@ -204,8 +206,8 @@ def test_mlp_draws_its_weights_as_images_and_says_what_does_not_apply(data_dir, 
     assert sum(map(sum, fig(v, "confusion").data["confusion_matrix"])) == 200
 
 
-def test_user_image_is_drawn_and_classified_like_the_digit_it_shows(quick_run, data_dir, test_split, tmp_path):
-    digit = test_split.images[3].numpy()   # a 0, drawn dark on light and three times larger
+def test_user_image_is_drawn_and_classified_like_the_digit_it_shows(quick_run, data_dir, test_images, tmp_path):
+    digit = test_images.images[3].numpy()   # a 0, drawn dark on light and three times larger
     path = tmp_path / "my digit.png"
     Image.fromarray(255 - digit).resize((84, 84), Image.BILINEAR).save(path)
     v = V.render(quick_run.run_dir, image=path, limit=100, data_dir=data_dir)
@@ -214,7 +216,7 @@ def test_user_image_is_drawn_and_classified_like_the_digit_it_shows(quick_run, d
     assert [l["shape"] for l in maps.data["layers"]] == [[16, 28, 28], [16, 14, 14], [32, 14, 14], [32, 7, 7]]
     first = fig(v, "saliency").data["images"][0]
     assert first["source"] == "your image" and first["true"] is None
-    assert first["predicted"] == int(test_split.labels[3]) == 0
+    assert first["predicted"] == int(test_images.labels[3]) == 0
 
 
 def test_cli_writes_pngs_and_lists_them_in_json(quick_run, tmp_path):
@@ -239,8 +241,6 @@ def test_cli_writes_pngs_and_lists_them_in_json(quick_run, tmp_path):
     (["--image", "missing.png"], "--image: cannot read missing.png"),
 ])
 def test_cli_errors_are_one_line_and_write_nothing(args, message, quick_run, tmp_path, capsys, monkeypatch):
-    from cnnlab.cli import main
-
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("not an image")
     args = [a.replace("NOTIMAGE", "notes.txt") for a in args]
@@ -254,7 +254,5 @@ def test_cli_errors_are_one_line_and_write_nothing(args, message, quick_run, tmp
 
 
 def test_cli_missing_run_folder(tmp_path, capsys):
-    from cnnlab.cli import main
-
     assert main(["visualize", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -1,19 +1,56 @@
-"""cnnlab: convolutional neural networks on MNIST-style images, to run, see inside, trust and use."""
+"""cnnlab: convolutional neural networks on MNIST-style images, to run, see inside, trust and use.
+
+The Python API is these names; each loads its module (and PyTorch) on first use, so importing
+cnnlab, or running `cnnlab --help`, is quick:
+
+    train, TrainConfig, config (a recipe's TrainConfig), build_model, model_names   (engine/)
+    load, evaluate, train_ensemble, assemble, evaluate_ensemble, predict_files,
+    load_classifier, export, compare                                                (runs/)
+    visualize, report                                                               (see/)
+    create_app, serve                                                               (web/)
+
+The layout: lecture/ holds the lecture's lessons, engine/ trains, runs/ does everything with a
+run folder, see/ draws, web/ serves the explorer, cli/ is the command line over this API.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-import os as _os
+# name -> (module, attribute): the one table of the public API.
+_API = {
+    "train": ("cnnlab.engine.train", "train"),
+    "TrainConfig": ("cnnlab.engine.config", "TrainConfig"),
+    "config": ("cnnlab.engine.config", "config"),
+    "build_model": ("cnnlab.engine.models", "build_model"),
+    "model_names": ("cnnlab.engine.models", "model_names"),
+    "load": ("cnnlab.runs.folder", "load"),
+    "evaluate": ("cnnlab.runs.evaluate", "evaluate"),
+    "train_ensemble": ("cnnlab.runs.ensemble", "train_ensemble"),
+    "assemble": ("cnnlab.runs.ensemble", "assemble"),
+    "evaluate_ensemble": ("cnnlab.runs.ensemble", "evaluate_ensemble"),
+    "predict_files": ("cnnlab.runs.predict", "predict_files"),
+    "load_classifier": ("cnnlab.runs.predict", "load_classifier"),
+    "export": ("cnnlab.runs.export", "export"),
+    "compare": ("cnnlab.runs.compare", "compare"),
+    "visualize": ("cnnlab.see.visualize", "render"),
+    "report": ("cnnlab.see.report", "build"),
+    "create_app": ("cnnlab.web.serve", "create_app"),
+    "serve": ("cnnlab.web.serve", "serve"),
+}
 
-# PyTorch's OpenMP threads (libgomp) spin for ~300,000 iterations before sleeping. On a machine
-# whose cores are shared with other jobs that spinning starves everyone: measured on the project's
-# 2-core VM at load average ~8, 2-thread training ran at ~200-400 img/s with the default and
-# ~1,600-2,500 img/s with a spin count of 10,000 (benchmarks/time_to_accuracy.py, docs/benchmarks.md).
-# It must be set before torch is first imported; an explicit setting by the user wins.
-_os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+__all__ = [*_API, "__version__"]
 
-from .evaluate import evaluate  # noqa: E402
-from .models import build_model, model_names  # noqa: E402
-from .runs import load  # noqa: E402
-from .train import TrainConfig, train  # noqa: E402
 
-__all__ = ["train", "evaluate", "load", "build_model", "model_names", "TrainConfig", "__version__"]
+def __getattr__(name: str):
+    # PEP 562: load a public name's module the first time it is asked for.
+    if name not in _API:
+        raise AttributeError(f"module 'cnnlab' has no attribute '{name}'")
+    module, attribute = _API[name]
+    value = getattr(import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

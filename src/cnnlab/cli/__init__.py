@@ -1,19 +1,38 @@
 """The command line: a thin layer over the Python API. One module per command.
 
-Each command module defines add_parser(subparsers) and run(args) -> exit status. Errors a user
-can cause (cnnlab.errors.CnnlabError) become one line on stderr and exit status 2.
+Each command module defines add_parser(subparsers) and run(args) -> exit status. Only the module
+of the command being run is imported (so `cnnlab conv` never loads PyTorch). Errors a user can
+cause (cnnlab.errors.CnnlabError) become one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+import os
 import sys
+from importlib import import_module
 
-# Order here is the order in `cnnlab --help`.
-COMMANDS = ["train", "ensemble", "evaluate", "params", "conv", "kernels", "pool", "compare", "visualize", "report",
-            "predict", "export", "serve"]
+from .. import __version__
+from ..engine.config import SettingError
+from ..errors import CnnlabError
+
+# Every command with its one-line help; the order is the order in `cnnlab --help`.
+COMMANDS = {
+    "train": "train a model and save a run folder",
+    "ensemble": "join trained runs into an ensemble that averages their probabilities",
+    "evaluate": "accuracy, per-class accuracy and confusion matrix of a run",
+    "params": "parameters and multiply-accumulates per layer; the lecture's arithmetic",
+    "conv": "slide a kernel over a matrix, step by step",
+    "kernels": "named kernels (Sobel, Prewitt, Laplacian, Gaussian...) and the gallery figure",
+    "pool": "max/average pooling step by step; --invariance measures shift invariance",
+    "compare": "train several models identically; table of params, MACs, time, accuracy, gap",
+    "visualize": "draw filters, feature maps, curves, mistakes and saliency as PNGs",
+    "report": "write one self-contained HTML report of a run",
+    "predict": "classify your own images (photos, scans, drawings)",
+    "export": "export a run to ONNX or TorchScript (with a parity check)",
+    "serve": "web app: draw a digit, see the prediction and inside the network",
+}
 
 
 class Parser(argparse.ArgumentParser):
@@ -63,27 +82,44 @@ def print_json(obj) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command` (when given) gets its flags, from its own module."""
     parser = Parser(prog="cnnlab", description="Convolutional neural networks on MNIST-style images.")
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for name in COMMANDS:
-        importlib.import_module(f".{name}", __name__).add_parser(sub)
+    for name, help in COMMANDS.items():
+        if name == command:
+            import_module(f"{__name__}.{name}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=help)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..errors import CnnlabError
+def tune_process() -> None:
+    """Process-wide settings for the command line; Python API users may set them the same way.
 
-    parser = build_parser()
+    PyTorch's OpenMP threads (libgomp) spin ~300,000 iterations before sleeping; on cores shared
+    with other jobs that starves everyone (2-core VM at load ~8: 200-400 img/s by default,
+    1,600-2,500 img/s with a spin count of 10,000; docs/benchmarks.md). It must be set before torch
+    is first imported; a value the user set wins.
+    """
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+
+def main(argv: list[str] | None = None) -> int:
+    tune_process()
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
+    except SettingError as e:  # the library names the setting; the user typed a flag
+        print(f"cnnlab {args.command}: error: --{e.name.replace('_', '-')}: {e.detail}", file=sys.stderr)
+        return e.exit_code
     except CnnlabError as e:
         print(f"cnnlab {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code

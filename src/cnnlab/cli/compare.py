@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 
-from . import add_data_dir_flag, add_json_flag, positive_float, positive_int, print_json
+from rich.console import Console
+from rich.table import Table
+
+from ..engine.config import TrainConfig
+from ..engine.data import DATASETS
+from ..engine.models import model_names
+from ..runs.compare import DEFAULT_MODELS, compare, default_out
+from . import COMMANDS, add_data_dir_flag, add_json_flag, positive_float, positive_int, print_json
 
 
 def add_parser(sub) -> None:
-    from ..compare import DEFAULT_MODELS
-    from ..data import DATASETS
-    from ..models import model_names
-    from ..train import TrainConfig
-
     d = TrainConfig()
-    p = sub.add_parser("compare", help="train several models identically; table of params, MACs, time, accuracy, gap",
+    p = sub.add_parser("compare", help=COMMANDS["compare"],
                        description="Train each model with the same data, seed and settings (the one training "
                                    "engine) and print parameters, multiply-accumulates, train time, train and "
                                    "test accuracy and the train-test gap. Saved as compare.csv and compare.md "
@@ -37,14 +40,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from dataclasses import asdict
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..compare import compare, default_out
-    from ..train import TrainConfig
-
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     cfg = TrainConfig(epochs=args.epochs, dataset=args.dataset, batch_size=args.batch_size, lr=args.lr,
                       seed=args.seed, device=args.device, threads=args.threads, limit_train=args.limit_train, limit_test=args.limit_test)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from . import add_json_flag, nonnegative_int, positive_int, print_json
+from pathlib import Path
+
+from ..lecture import conv, kernels
+from ..lecture.conv import LECTURE_INPUT, LECTURE_KERNEL, parse_matrix
+from . import COMMANDS, add_json_flag, nonnegative_int, positive_int, print_json
 
 
 def add_parser(sub) -> None:
-    from ..conv import LECTURE_INPUT, LECTURE_KERNEL
-
-    p = sub.add_parser("conv", help="slide a kernel over a matrix, step by step",
+    p = sub.add_parser("conv", help=COMMANDS["conv"],
                        description="Convolve (cross-correlate, like every CNN layer) a matrix with a kernel: "
                                    "prints the output-size formula, each window with its element-wise "
                                    "products and sum, and the output matrix. Without arguments: the "
@@ -31,11 +33,6 @@ def add_parser(sub) -> None:
 
 
 def load_kernel(text: str):
-    from pathlib import Path
-
-    from .. import kernels
-    from ..conv import parse_matrix
-
     name = text.strip().lower()
     if name in kernels.NAMED or (name.replace("-", "").isalpha() and not Path(text).is_file()):
         return kernels.get(name)  # an unknown name gets the list of known ones
@@ -43,8 +40,6 @@ def load_kernel(text: str):
 
 
 def run(args) -> int:
-    from .. import conv
-
     x = conv.parse_matrix(args.input, "input")
     k = load_kernel(args.kernel)
     used = k[::-1, ::-1] if args.flip else k

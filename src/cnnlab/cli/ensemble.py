@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from . import add_data_dir_flag, add_json_flag, positive_int, print_json
+from ..runs.ensemble import assemble, evaluate_ensemble
+from . import COMMANDS, add_data_dir_flag, add_json_flag, positive_int, print_json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("ensemble", help="join trained runs into an ensemble that averages their probabilities",
+    p = sub.add_parser("ensemble", help=COMMANDS["ensemble"],
                        description="Copy finished run folders (trained anywhere, e.g. on several machines) into "
                                    "a new ensemble folder OUT/member-1, member-2, ... and print the test accuracy "
                                    "of each member, of the ensemble and of the ensemble with test-time "
@@ -21,8 +22,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..ensemble import assemble, evaluate_ensemble
-
     out = assemble(args.run_dirs, args.out)
     r = evaluate_ensemble(out, data_dir=args.data_dir, limit=args.limit, record=True)
     if args.json:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from . import add_data_dir_flag, add_json_flag, add_tta_flag, positive_int, print_json
+from rich.console import Console
+from rich.table import Table
+
+from ..runs.evaluate import evaluate
+from . import COMMANDS, add_data_dir_flag, add_json_flag, add_tta_flag, positive_int, print_json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a run",
+    p = sub.add_parser("evaluate", help=COMMANDS["evaluate"],
                        description="Evaluate a run folder on its dataset's test split.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'cnnlab train' or 'cnnlab ensemble'")
     p.add_argument("--dataset", default=None, help="evaluate on another dataset's test split (default: the run's)")
@@ -20,11 +24,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..evaluate import evaluate
-
     r = evaluate(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit, tta=args.tta)
     if r["skipped_images"]:
         print(f"warning: skipped {r['skipped_images']} unreadable image(s) in {r['dataset']}", file=sys.stderr)

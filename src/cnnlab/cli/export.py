@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from . import add_json_flag, print_json
+from ..runs.export import FORMATS, TOLERANCE, export
+from . import COMMANDS, add_json_flag, print_json
 
 
 def add_parser(sub) -> None:
-    from ..export import FORMATS, TOLERANCE
-
-    p = sub.add_parser("export", help="export a run to ONNX or TorchScript (with a parity check)",
+    p = sub.add_parser("export", help=COMMANDS["export"],
                        description="Export a run's model with a dynamic batch size and its preprocessing "
                                    "(normalisation, classes) in the file's metadata, then check that the "
                                    f"exported model's logits match PyTorch's within {TOLERANCE:g} on real test images.")
@@ -21,8 +20,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..export import export
-
     r = export(args.run_dir, args.format, args.out)
     if args.json:
         print_json(r)

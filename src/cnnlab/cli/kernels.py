@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from . import add_data_dir_flag, add_json_flag, positive_float, positive_int, print_json
+from ..errors import CnnlabError
+from ..lecture import kernels
+from ..lecture.conv import matrix_text, parse_matrix
+from ..lecture.kernels import NAMED
+from ..see import gallery
+from . import COMMANDS, add_data_dir_flag, add_json_flag, positive_float, positive_int, print_json
 
 
 def add_parser(sub) -> None:
-    from ..kernels import NAMED
-
-    p = sub.add_parser("kernels", help="named kernels (Sobel, Prewitt, Laplacian, Gaussian...) and the gallery figure",
+    p = sub.add_parser("kernels", help=COMMANDS["kernels"],
                        description="Print kernels, or with --out draw the lecture's gallery: one row per image, "
                                    "columns Original, Prewitt X, Prewitt Y, Sobel X, Sobel Y, Laplacian, "
                                    "Gaussian Blur, Sharpening (plus any KERNEL given).")
@@ -32,10 +36,7 @@ def add_parser(sub) -> None:
 
 def parse_kernels(texts: list, size, sigma) -> list[tuple[str, object]]:
     """Each KERNEL as (title, matrix): a name, a matrix, or TITLE=matrix."""
-    from pathlib import Path
 
-    from .. import kernels
-    from ..conv import parse_matrix
 
     out = []
     for i, text in enumerate(texts, 1):
@@ -55,10 +56,6 @@ def parse_kernels(texts: list, size, sigma) -> list[tuple[str, object]]:
 
 
 def run(args) -> int:
-    from .. import kernels
-    from ..conv import matrix_text
-    from ..errors import CnnlabError
-
     chosen = parse_kernels(args.kernels, args.size, args.sigma)
     if args.out is None:
         if args.image:
@@ -77,16 +74,16 @@ def run(args) -> int:
         pictures = []
         for path in args.image:
             try:
-                pictures.append(kernels.load_image(path))
+                pictures.append(gallery.load_image(path))
             except CnnlabError as e:
                 errors.append((path, str(e)))
                 print(f"cnnlab kernels: error: {e}", file=sys.stderr)
     else:
-        pictures, notes = kernels.sample_pictures(args.data_dir)
+        pictures, notes = gallery.sample_pictures(args.data_dir)
         for note in notes:
             print(f"cnnlab kernels: note: {note}", file=sys.stderr)
     extra = [(title, k) for title, k in chosen]
-    g = kernels.gallery(pictures, args.out, extra=extra, size=args.size, sigma=args.sigma, errors=errors)
+    g = gallery.gallery(pictures, args.out, extra=extra, size=args.size, sigma=args.sigma, errors=errors)
     if args.json:
         print_json({"out": str(g.out), "columns": g.columns,
                     "rows": [{"name": p.name, "height": p.pixels.shape[0], "width": p.pixels.shape[1]} for p in g.rows],

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from . import add_json_flag, print_json
+from rich.console import Console
+from rich.table import Table
+
+from ..engine.models import get_spec, model_names
+from ..errors import CnnlabError
+from ..lecture import params
+from . import COMMANDS, add_json_flag, print_json
 
 
 def add_parser(sub) -> None:
-    from ..models import model_names
-
-    p = sub.add_parser("params", help="parameters and multiply-accumulates per layer; the lecture's arithmetic",
+    p = sub.add_parser("params", help=COMMANDS["params"],
                        description="Without MODEL: one line per registered model. With MODEL: a per-layer "
                                    "table (output shape, parameters, multiply-accumulates) with totals. "
                                    "--lecture: the lecture's parameter questions with the arithmetic shown.")
@@ -23,17 +27,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from .. import params
-    from ..models import get_spec, model_names
-
     console = Console(width=max(Console().width, 120))  # keep tables unwrapped when piped
     shape = params.parse_shape(args.input)
     if args.lecture:
         if args.model:
-            from ..errors import CnnlabError
             raise CnnlabError("--lecture takes no MODEL; run 'cnnlab params MODEL' separately")
         return _lecture(console, args.json)
 
@@ -69,10 +66,6 @@ def run(args) -> int:
 
 
 def _lecture(console, as_json: bool) -> int:
-    from rich.table import Table
-
-    from .. import params
-
     L = params.lecture()
     if as_json:
         print_json(L)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import sys
 
-from . import add_data_dir_flag, add_json_flag, positive_int, print_json
+from rich.console import Console
+from rich.table import Table
+
+from ..lecture import pool
+from ..lecture.conv import matrix_text, parse_matrix
+from ..lecture.pool import LECTURE_INPUT
+from ..see import invariance
+from . import COMMANDS, add_data_dir_flag, add_json_flag, positive_int, print_json
 
 
 def add_parser(sub) -> None:
-    from ..pool import LECTURE_INPUT
-
-    p = sub.add_parser("pool", help="max/average pooling step by step; --invariance measures shift invariance",
+    p = sub.add_parser("pool", help=COMMANDS["pool"],
                        description="Pool a matrix step by step (default: a 4x4 example), or with --invariance "
                                    "shift test digits by 1-4 pixels and measure how a trained model with pooling "
                                    "and one without (no_pool_cnn) react.")
@@ -38,8 +43,6 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if args.invariance:
         return _invariance(args)
-    from .. import pool
-    from ..conv import matrix_text, parse_matrix
 
     x = parse_matrix(args.matrix, "matrix")
     stride = args.stride or args.size
@@ -71,37 +74,14 @@ def run(args) -> int:
 
 
 def _invariance(args) -> int:
-    from pathlib import Path
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from .. import data as data_mod
-    from .. import pool
-    from ..runs import load
-
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
-    pooled = load(args.invariance)
-    pool.check_has_features(pooled)  # before any baseline is trained
-    out = Path(args.out) if args.out else Path(args.invariance) / "invariance.png"
-    if not out.parent.is_dir():
-        from ..errors import CnnlabError
-        raise CnnlabError(f"--out {out}: folder {out.parent} does not exist; create it first")
-    if args.baseline:
-        baseline = load(args.baseline)
-        pool.check_has_features(baseline)
-    else:
-        log(f"training no_pool_cnn with {pooled.name}'s recipe for comparison (pass --baseline RUN_DIR to reuse one)")
-        baseline = pool.baseline_for(pooled.config, data_dir=args.data_dir, log=log, limit_train=args.limit_train)
-    test = data_mod.load(pooled.config.get("dataset", "mnist"), "test", args.data_dir).subset(args.limit)
-    models = {pooled.name: pooled, baseline.name if baseline.name != pooled.name else "baseline": baseline}
-    rows = pool.invariance(models, test.images, test.labels, args.max_shift)
-    pool.plot_invariance(rows, out)
+    r = invariance.measure(args.invariance, baseline_dir=args.baseline, out=args.out, limit=args.limit,
+                           max_shift=args.max_shift, limit_train=args.limit_train, data_dir=args.data_dir, log=log)
+    rows, out = r["rows"], r["plot"]
     if args.json:
-        print_json({"run_dir": str(pooled.run_dir), "baseline": str(baseline.run_dir) if baseline.run_dir else None,
-                    "images": len(test), "plot": str(out), "rows": rows})
+        print_json(r)
         return 0
-    t = Table(title=f"Shifted test digits ({len(test):,} images, each shift right, left, down and up)")
+    t = Table(title=f"Shifted test digits ({r['images']:,} images, each shift right, left, down and up)")
     for col, just in (("model", "left"), ("shift (px)", "right"), ("predictions changed", "right"),
                       ("accuracy", "right"), ("feature change", "right")):
         t.add_column(col, justify=just)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from . import add_json_flag, add_tta_flag, positive_int, print_json
+import sys
+
+from ..runs.predict import load_classifier, predict_files
+from . import COMMANDS, add_json_flag, add_tta_flag, positive_int, print_json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="classify your own images (photos, scans, drawings)",
+    p = sub.add_parser("predict", help=COMMANDS["predict"],
                        description="Classify image files with a trained run folder or an exported .onnx file. "
                                    "Each image is preprocessed the way MNIST was made: grayscale, light "
                                    "background inverted, noise suppressed, cropped to the digit, scaled to "
@@ -25,10 +28,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import sys
-
-    from ..predict import load_classifier, predict_files
-
     clf = load_classifier(args.model, tta=args.tta)
     results = predict_files(clf, args.inputs, top_k=min(args.top_k, len(clf.classes)),
                             save_preprocessed=args.save_preprocessed)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from . import print_json
+from ..see.report import build
+from . import COMMANDS, print_json
 from .visualize import add_common
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="write one self-contained HTML report of a run",
+    p = sub.add_parser("report", help=COMMANDS["report"],
                        description="Write one HTML file (images embedded, no network requests) with the run's "
                                    "configuration, metrics table and every figure of 'cnnlab visualize'.")
     add_common(p)
@@ -16,8 +17,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..report import build
-
     r = build(args.run_dir, args.out, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
               mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json)
     if args.json:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from . import port
+from ..web.serve import serve
+from . import COMMANDS, port
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="web app: draw a digit, see the prediction and inside the network",
+    p = sub.add_parser("serve", help=COMMANDS["serve"],
                        description="Serve a web page and JSON API for a run folder (or an exported .onnx "
                                    "file: prediction only). Binds 127.0.0.1 unless --host says otherwise; "
                                    "use --host 0.0.0.0 to let other machines in.")
@@ -19,7 +20,5 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..serve import serve
-
     serve(args.model, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-from . import add_data_dir_flag, add_json_flag, positive_int, print_json
+from ..see.visualize import render, write
+from . import COMMANDS, add_data_dir_flag, add_json_flag, positive_int, print_json
 
 
 def index_list(text: str) -> list[int]:
-    import argparse
-
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -37,7 +37,7 @@ def add_common(p) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("visualize", help="draw filters, feature maps, curves, mistakes and saliency as PNGs",
+    p = sub.add_parser("visualize", help=COMMANDS["visualize"],
                        description="Draw what a trained run learned: first-layer filters beside the closest "
                                    "hand-designed kernels, feature maps, training curves, the confusion matrix, "
                                    "the most confident mistakes, saliency and Grad-CAM.")
@@ -47,15 +47,11 @@ def add_parser(sub) -> None:
 
 
 def render_args(args):
-    from ..visualize import render
-
     return render(args.run_dir, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
                   mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json)
 
 
 def run(args) -> int:
-    from ..visualize import write
-
     v = render_args(args)
     out = Path(args.out) if args.out else Path(args.run_dir) / "figures"
     paths = write(v, out)

@@ -15,13 +15,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from . import data as data_mod
-from .errors import CnnlabError
-from .evaluate import accuracy
-from .models import get_spec
-from .params import summarize
-from .runs import atomic_write
-from .train import TrainConfig, resolve_device, train
+from ..engine import data as data_mod
+from ..engine.config import TrainConfig
+from ..engine.models import get_spec
+from ..engine.processes import resolve_device
+from ..engine.train import checked, train
+from ..errors import CnnlabError
+from ..files import atomic_write
+from ..lecture.params import summarize
+from .folder import test_split
+from .inference import accuracy
 
 DEFAULT_MODELS = ["mlp", "simple_cnn", "lenet5", "alexnet_mini"]
 COLUMNS = ["model", "parameters", "macs", "train_seconds", "train_accuracy", "test_accuracy", "gap"]
@@ -51,7 +54,7 @@ def compare(models: list[str] = DEFAULT_MODELS, config: TrainConfig | None = Non
         raise CnnlabError(f"--models names a model twice: {','.join(models)}")
     for name in models:
         get_spec(name)  # every name is checked before anything trains
-    base = TrainConfig(**{**asdict(config or TrainConfig()), **overrides}).validate()
+    base = checked(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}))
     out = Path(out) if out is not None else None
     if out is not None:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -59,8 +62,8 @@ def compare(models: list[str] = DEFAULT_MODELS, config: TrainConfig | None = Non
         out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda s: None)
     info = data_mod.dataset_info(base.dataset)
-    train_split = data_mod.load(base.dataset, "train", data_dir).subset(base.limit_train)
-    test_split = data_mod.load(base.dataset, "test", data_dir).subset(base.limit_test)
+    train_split = data_mod.load(base.dataset, "train", data_dir, val_split=base.val_split).subset(base.limit_train)
+    _, test = test_split(base, data_dir, base.limit_test)
     device = resolve_device(base.device)
 
     rows = []
@@ -68,7 +71,7 @@ def compare(models: list[str] = DEFAULT_MODELS, config: TrainConfig | None = Non
         result = train(base, data_dir=data_dir, out=out / name if out else None, save=out is not None,
                        progress=False, log=log, model=name)
         train_acc = accuracy(result.model, train_split, info.mean, info.std, device)
-        test_acc = accuracy(result.model, test_split, info.mean, info.std, device)
+        test_acc = accuracy(result.model, test, info.mean, info.std, device)
         rows.append(Row(name, result.parameters, summarize(name).macs,
                         round(sum(e.seconds for e in result.epochs), 3), train_acc, test_acc,
                         train_acc - test_acc, str(result.run_dir) if result.run_dir else None))

@@ -1,53 +1,34 @@
 """The model registry: every network cnnlab can train, by name.
 
-Add a model by decorating a builder with @register("name", "one-line description"). A builder
-takes (num_classes, in_channels) and returns an nn.Module that maps [N, C, 28, 28] to [N, classes].
+Add a model by writing its class here and a line in engine/config.py's MODELS. A class takes
+(num_classes, in_channels) and maps [N, C, 28, 28] to [N, classes].
 A model with an init_from_data(images) method gets a sample of normalised training images from
 the engine before training starts (fast_cnn computes its first layer from them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CnnlabError
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    description: str
-    build: Callable[..., nn.Module]
-    conv: bool  # has convolution layers (visualisations of filters apply)
-
-
-REGISTRY: dict[str, ModelSpec] = {}
-
-
-def register(name: str, description: str, conv: bool = True):
-    def wrap(builder):
-        REGISTRY[name] = ModelSpec(name, description, builder, conv)
-        return builder
-    return wrap
+from ..errors import CnnlabError
+from .config import MODELS, ModelEntry
 
 
 def model_names() -> list[str]:
-    return list(REGISTRY)
+    return list(MODELS)
 
 
-def get_spec(name: str) -> ModelSpec:
-    if name not in REGISTRY:
-        raise CnnlabError(f"unknown model '{name}'; choose one of: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+def get_spec(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise CnnlabError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
+    return MODELS[name]
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
-    return get_spec(name).build(num_classes=num_classes, in_channels=in_channels)
+    """A fresh network by its registry name (engine.config.MODELS names the class)."""
+    return globals()[get_spec(name).cls](num_classes=num_classes, in_channels=in_channels)
 
 
 def count_parameters(model: nn.Module | list) -> int:
@@ -88,10 +69,6 @@ class MLP(nn.Module):
         return self.classifier(x)
 
 
-register("simple_cnn", "the lecture's CNN: conv16-pool-conv32-pool-fc128-fc10 (206,922 parameters)")(SimpleCNN)
-register("mlp", "the lecture's fully connected baseline 784-512-512-10 (669,706 parameters)", conv=False)(MLP)
-
-
 def _conv_bn(cin: int, cout: int, kernel_size: int = 3, stride: int = 1, padding: int = 1) -> list[nn.Module]:
     # No conv bias: the BatchNorm right after it has its own shift.
     return [nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=padding, bias=False), nn.BatchNorm2d(cout),
@@ -112,8 +89,8 @@ class FastCNN(nn.Module):
     - widths stay multiples of 16 (oneDNN's bf16 kernels were 2x slower at width 12);
     - the first conv is not trained but computed from the data (init_from_data): no gradient has
       to flow back through the second conv to it, which saves that conv's input gradient and the
-      first layer's backward pass, -10 to -16% per step with the same accuracy (recipes.py).
-    BatchNorm lets a high one-cycle rate converge in one epoch. Evidence: recipes.py.
+      first layer's backward pass, -10 to -16% per step with the same accuracy (docs/benchmarks.md).
+    BatchNorm lets a high one-cycle rate converge in one epoch. Evidence: docs/benchmarks.md.
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
@@ -167,8 +144,7 @@ class FlattenChannelsLast(nn.Module):
 
 
 class BestCNN(nn.Module):
-    """The `best` recipe's first network, now the second member of its ensembles (kernel5_cnn
-    replaced it): four BatchNorm convs (32-64-64-128), global pooling, dropout.
+    """A member of the `best` ensembles: four BatchNorm convs (32-64-64-128), global pooling, dropout.
 
     About 29 MFLOP per image forward, ~12x simple_cnn: sized so 15 augmented epochs fit in 15
     minutes on 2 CPU cores with bf16.
@@ -195,7 +171,7 @@ class StridedCNN(nn.Module):
     twice, then a 4x4 conv that sees the whole 4x4 map. Dropout after each stage.
 
     About 30 MFLOP per image forward, like best_cnn, at 1.2-1.45x its step time (more 28x28 work).
-    Alone it is as accurate as best_cnn; averaged with it, it errs on different images (recipes.py).
+    Alone it is as accurate as best_cnn; averaged with it, it errs on different images (docs/benchmarks.md).
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
@@ -218,7 +194,7 @@ class Kernel5CNN(nn.Module):
     so each layer sees a larger patch, then two 3x3 convs at 7x7, global max pooling, dropout.
 
     About 30 MFLOP per image forward, 1.25x best_cnn's step time, and more accurate than best_cnn
-    in the same 15 epochs (recipes.py has the runs).
+    in the same 15 epochs (docs/benchmarks.md has the runs).
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
@@ -233,16 +209,6 @@ class Kernel5CNN(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
-
-
-register("fast_cnn", "the fast recipe's CNN: stride-2 conv16 computed from the data (whitened patch PCA, not "
-                     "trained), conv16-pool, conv32, conv32 with BatchNorm (1-epoch 99%)")(FastCNN)
-register("best_cnn", "BatchNorm convs 32-64-64-128, global max pool, dropout (the best recipe's first "
-                     "CNN, a best-ensemble member)")(BestCNN)
-register("strided_cnn", "all-convolutional: BatchNorm convs 32-32-32/s2-64-64-64/s2-128, strided 5x5 convs "
-                        "instead of pooling, dropout (a best-ensemble member)")(StridedCNN)
-register("kernel5_cnn", "the best recipe's CNN: best_cnn with 5x5 kernels, BatchNorm convs 32-64 (5x5), "
-                        "128-128 (3x3), global max pool, dropout")(Kernel5CNN)
 
 
 class LeNet5(nn.Module):
@@ -314,6 +280,3 @@ class NoPoolCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-register("lenet5", "LeCun et al. 1998: conv6-avgpool-conv16-avgpool-fc120-fc84, 5x5 kernels, tanh")(LeNet5)
-register("alexnet_mini", "AlexNet's pattern at 28x28: 5 convs, overlapping max pools, dropout, 3 FC")(AlexNetMini)
-register("no_pool_cnn", "simple_cnn with stride-2 convs instead of max pooling (the control)")(NoPoolCNN)

@@ -13,8 +13,11 @@ from datetime import datetime
 from html import escape
 from pathlib import Path
 
-from . import runs, visualize
-from .errors import CnnlabError
+from .. import __version__
+from ..errors import CnnlabError
+from ..files import atomic_write
+from ..runs.folder import load, read_metrics
+from . import visualize
 
 STYLE = """
 *{box-sizing:border-box}
@@ -140,7 +143,6 @@ def to_html(v: visualize.Visuals, config: dict, metrics: list[dict], per_class: 
                      + "".join(f'<p class="na"><b>{escape(na["figure"])}</b>: {escape(na["reason"])}.</p>'
                                for na in v.not_applicable) + "</section>")
 
-    from . import __version__
     parts.append(f"</main><footer>Written by cnnlab {escape(__version__)} on "
                  f"{datetime.now().isoformat(timespec='seconds')}. This page is one file and loads nothing "
                  f"from the network.</footer></body></html>")
@@ -155,10 +157,10 @@ def build(run_dir, out=None, **render_options) -> dict:
         raise CnnlabError(f"--out {out} is a folder; pass a file name such as {out / 'report.html'}")
     if not out.parent.is_dir():
         raise CnnlabError(f"--out {out}: folder {out.parent} does not exist; create it first")
-    trained = runs.load(run_dir)
+    trained = load(run_dir)
     v = visualize.render(trained, **render_options)
     cm = next(f for f in v.figures if f.name == "confusion").data["confusion_matrix"]
     per_class = list(zip(trained.classes, v.summary["per_class_accuracy"], map(sum, cm)))
-    html = to_html(v, trained.config, runs.read_metrics(run_dir), per_class)
-    runs.atomic_write(out, html)
+    html = to_html(v, trained.config, read_metrics(run_dir), per_class)
+    atomic_write(out, html)
     return {**v.to_json(), "report": str(out), "bytes": len(html.encode())}

@@ -8,8 +8,8 @@ noise, uneven light, JPEG artefacts and colour - so `to_mnist` redoes what the M
   grayscale -> invert a light background -> subtract uneven lighting -> suppress noise ->
   crop to the digit -> scale to fit 20x20 -> centre by centre of mass in 28x28.
 
-A model is either a run folder (cnnlab.runs.load) or an exported ONNX file (cnnlab export); both
-get the same uint8 images and the same normalisation (cnnlab.data.normalize).
+A model is either a run folder (runs/folder.py's load) or an exported ONNX file (cnnlab export); both
+get the same uint8 images and the same normalisation (engine/data.py's normalize).
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from scipy import ndimage
 
-from . import data as data_mod
-from .errors import CnnlabError
+from ..engine import data as data_mod
+from ..errors import CnnlabError
+from ..files import atomic_write
+from .folder import load
 
 # Bigger than any phone photo (a 48-megapixel camera is 8000x6000); larger files are refused
 # before their pixels are decoded, so a small "decompression bomb" cannot exhaust memory.
@@ -224,7 +226,7 @@ class Classifier:
     mean: float
     std: float
     dataset: str = "mnist"   # what the model was trained on decides how an image file is prepared
-    trained: object = None   # cnnlab.runs.TrainedModel for a run folder
+    trained: object = None   # runs.folder.TrainedModel for a run folder
     session: object = None   # onnxruntime.InferenceSession for an ONNX file
     metadata: dict | None = None
 
@@ -268,7 +270,6 @@ def load_classifier(path: str | os.PathLike, tta: bool = False) -> Classifier:
         if tta:
             raise CnnlabError(f"--tta needs a run folder; {path} is an exported ONNX file with a fixed graph")
         return _load_onnx(path)
-    from .runs import load
     trained = load(path, tta=tta)
     return Classifier(str(path), list(trained.classes), trained.mean, trained.std,
                       dataset=trained.config.get("dataset", "mnist"), trained=trained)
@@ -358,8 +359,6 @@ def predict_files(clf: Classifier, inputs, top_k: int = 3, save_preprocessed: st
 
 
 def _save_png(arr: np.ndarray, folder: Path, source: Path, used: set) -> Path:
-    from .runs import atomic_write
-
     stem, n = source.stem, 1
     name = f"{stem}.png"
     while name in used:  # two inputs called 3.jpg in different folders

@@ -16,11 +16,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 
-from . import data as data_mod
-from .errors import CnnlabError
-from .runs import TrainedModel, atomic_write, load
+from ..engine import data as data_mod
+from ..errors import CnnlabError
+from ..files import atomic_write
+from .folder import TrainedModel, load, test_split
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4
@@ -44,8 +47,8 @@ def metadata(trained: TrainedModel) -> dict:
 def _test_batch(trained: TrainedModel, n: int = 64) -> tuple[torch.Tensor, str]:
     """Real test images when the dataset is at hand, else seeded random pixels (said so)."""
     try:
-        split = data_mod.load(trained.config.get("dataset", "mnist"), "test", download=False)
-        return split.images[:n], f"{n} {trained.config.get('dataset', 'mnist')} test images"
+        name, split = test_split(trained.config, limit=n, download=False)
+        return split.images, f"{len(split)} {name} test images"
     except CnnlabError:
         g = torch.Generator().manual_seed(0)
         return torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g), f"{n} random images"
@@ -82,8 +85,6 @@ def export(run_dir: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike
 
 
 def _onnx_bytes(model: torch.nn.Module, meta: dict) -> bytes:
-    import onnx
-
     buf = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript-based exporter is deprecated in favour of torch.export, which needs the
@@ -104,8 +105,6 @@ def _onnx_bytes(model: torch.nn.Module, meta: dict) -> bytes:
 
 
 def _run_onnx(blob: bytes, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
     session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
     full = session.run(None, {"image": x})[0]
     single = session.run(None, {"image": x[:1]})[0]  # the batch axis is really dynamic

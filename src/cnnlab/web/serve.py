@@ -1,6 +1,6 @@
 """A web explorer and JSON API for a trained run: draw a digit, watch the network classify it.
 
-FastAPI serves the page in cnnlab/static (plain HTML, CSS and JavaScript: no build step, no CDN,
+FastAPI serves the page in web/static (plain HTML, CSS and JavaScript: no build step, no CDN,
 works offline) and a small JSON API:
 
   GET  /healthz        liveness: {"status": "ok"}
@@ -26,14 +26,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from . import __version__, conv, kernels
-from .errors import CnnlabError
-from .predict import Classifier, ImageError, load_classifier, open_image, predict_images
+from .. import __version__
+from ..engine.models import count_parameters
+from ..errors import CnnlabError
+from ..lecture import conv, kernels
+from ..runs.folder import read_metrics
+from ..runs.predict import Classifier, ImageError, load_classifier, open_image, predict_images
+from ..see.explain import trace
+from ..see.gallery import downscale, to_gray
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_UPLOAD = 5 * 1024 * 1024           # bytes; larger requests get 413
@@ -94,8 +100,6 @@ def conv_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Conv2d]]:
 
 def feature_maps(clf: Classifier, image_u8: np.ndarray, layers: int = 2) -> list[dict]:
     """ReLU of the first `layers` conv layers' outputs for one 28x28 image, as compact uint8 grids."""
-    from .visualize import trace
-
     if clf.trained is None:
         return []
     x = clf.trained.preprocess(torch.from_numpy(image_u8[None].copy()))
@@ -188,8 +192,6 @@ def model_info(clf: Classifier) -> dict:
             "max_upload_bytes": MAX_UPLOAD, "kernels": list(named_kernels()), "cnnlab": __version__}
     if clf.trained is not None:
         t = clf.trained
-        from .models import count_parameters
-        from .runs import read_metrics
         metrics = read_metrics(t.run_dir) if t.run_dir else []
         info.update(model=t.name, dataset=t.config.get("dataset"),
                     parameters=count_parameters(t.model),
@@ -210,7 +212,15 @@ def create_app(model: str | Path | Classifier) -> FastAPI:
     info = model_info(clf)
     app = FastAPI(title="cnnlab", version=__version__, docs_url="/api/docs", redoc_url=None)
     app.state.classifier = clf
+    _add_pages(app, info)
+    _add_model_routes(app, clf)
+    _add_kernel_route(app)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
 
+
+def _add_pages(app: FastAPI, info: dict) -> None:
+    """Errors as JSON, the page, liveness and the model's description."""
     @app.exception_handler(RequestError)
     async def request_error(request, exc: RequestError):
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
@@ -231,6 +241,9 @@ def create_app(model: str | Path | Classifier) -> FastAPI:
     def api_model():
         return info
 
+
+def _add_model_routes(app: FastAPI, clf: Classifier) -> None:
+    """The learned filters, and predictions (with feature maps) for an uploaded or drawn image."""
     @app.get("/api/filters")
     def api_filters():
         if clf.trained is None or not conv_layers(clf.trained.model):
@@ -262,6 +275,9 @@ def create_app(model: str | Path | Classifier) -> FastAPI:
 
         return await run_in_threadpool(work)
 
+
+def _add_kernel_route(app: FastAPI) -> None:
+    """The playground: a hand-designed or typed-in kernel applied to an image."""
     @app.post("/api/kernel")
     async def api_kernel(request: Request):
         kind, payload, fields = await parse_upload(request)
@@ -276,7 +292,7 @@ def create_app(model: str | Path | Classifier) -> FastAPI:
                     pil = open_image(payload, name="upload")
                 except ImageError as e:
                     raise _image_error(e) from None
-                pixels = kernels.downscale(kernels.to_gray(np.asarray(pil.convert("L"))), PLAYGROUND_SIZE)
+                pixels = downscale(to_gray(np.asarray(pil.convert("L"))), PLAYGROUND_SIZE)
                 img = pixels * 255.0
             name, k = parse_kernel(fields.get("kernel", "sobel-x"))
             out = kernels.apply(img / 255.0, k)
@@ -285,13 +301,8 @@ def create_app(model: str | Path | Classifier) -> FastAPI:
 
         return await run_in_threadpool(work)
 
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    return app
-
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
-    import uvicorn
-
     app = create_app(model)
     # Check the address first: uvicorn would log a traceback-like error and exit on its own.
     try:

@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .config import AUGMENTATIONS
+
 # The strengths are the classic ones for 28x28 digits: shifts of up to 2 pixels, rotations of
 # up to 10 degrees, +-10% scale (Simard et al. 2003 and most MNIST papers use this range; larger
 # warps start turning 6 into 9 or 1 into 7). Elastic: a smooth random field in the spirit of
@@ -24,7 +26,7 @@ MAX_SHEAR_DEG = 8.0
 ELASTIC_PIXELS = 1.5  # largest displacement of the elastic field, in pixels
 ELASTIC_GRID = 7      # the random field lives on a 7x7 grid, upsampled smoothly to 28x28
 
-KINDS = ["none", "translate", "affine", "elastic"]
+KINDS = AUGMENTATIONS
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator | None, device) -> torch.Tensor:

@@ -1,77 +1,26 @@
-"""Pooling as a loop, and the translation-invariance claim measured.
+"""The lecture's claim that pooling buys translation invariance, measured on trained networks.
 
-Max pooling keeps the largest value of each window, average pooling their mean. Both shrink the
-feature map and, the lecture claims, make the network care less about exactly where a feature
-is. `invariance` tests that claim: shift test digits by 1-4 pixels and count how often a
-trained model's prediction changes, and how far its feature map moves, for a model with pooling
-and the same model without it (no_pool_cnn: stride-2 convolutions instead of max pooling).
+Shift test digits by 1-4 pixels and count how often a trained model's prediction changes, and how
+far its last feature map moves, for a model with pooling and the same model without it
+(no_pool_cnn: stride-2 convolutions instead of max pooling), trained with the run's own recipe.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import io
+from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
+from matplotlib.figure import Figure as MplFigure
 
-from .conv import _pair
-from .errors import CnnlabError
-
-# A 4x4 example: 2x2 max pooling with stride 2 gives [[6, 8], [3, 4]].
-LECTURE_INPUT = "1 1 2 4; 5 6 7 8; 3 2 1 0; 1 2 3 4"
-MODES = ("max", "avg")
-
-
-@dataclass
-class PoolStep:
-    row: int
-    col: int
-    top: int
-    left: int
-    window: np.ndarray
-    value: float
-
-
-def pool2d(x, size=2, stride=None, mode: str = "max", steps: list | None = None) -> np.ndarray:
-    """Slide a size x size window (default stride = size: no overlap) and keep its max or mean."""
-    if mode not in MODES:
-        raise CnnlabError(f"unknown pooling mode '{mode}'; choose max or avg")
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2:
-        raise CnnlabError(f"pool2d takes a 2-D matrix, got shape {list(x.shape)}")
-    kh, kw = _pair(size)
-    sh, sw = _pair(stride if stride is not None else size)
-    if min(kh, kw, sh, sw) < 1:
-        raise CnnlabError(f"pool size and stride must be at least 1, got size {size}, stride {stride}")
-    h, w = x.shape
-    if kh > h or kw > w:
-        raise CnnlabError(f"a {kh}x{kw} pooling window does not fit the {h}x{w} input; use a smaller --size")
-    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-    out = np.zeros((oh, ow), dtype=np.float64)
-    for i in range(oh):
-        for j in range(ow):
-            top, left = i * sh, j * sw
-            window = x[top:top + kh, left:left + kw]
-            if mode == "max":
-                value = window[0, 0]
-                for a in range(kh):
-                    for b in range(kw):
-                        if window[a, b] > value:
-                            value = window[a, b]
-            else:
-                value = 0.0
-                for a in range(kh):
-                    for b in range(kw):
-                        value += window[a, b]
-                value /= kh * kw
-            out[i, j] = value
-            if steps is not None:
-                steps.append(PoolStep(i, j, top, left, window.copy(), float(value)))
-    return out
-
-
-# --- Translation invariance ----------------------------------------------------------------------
+from ..engine.config import TrainConfig
+from ..engine.processes import resolve_device
+from ..engine.train import train
+from ..errors import CnnlabError
+from ..files import atomic_write
+from ..runs.folder import TrainedModel, load, test_split
 
 # Each shift is tried in four directions (right, left, down, up) and the results averaged.
 DIRECTIONS = [(1, 0), (-1, 0), (0, 1), (0, -1)]
@@ -130,11 +79,6 @@ def invariance(models: dict, images: torch.Tensor, labels: torch.Tensor, max_shi
 
 def baseline_for(run_config: dict, data_dir=None, log: Callable | None = None, **overrides):
     """Train no_pool_cnn with the pooled run's own recipe (same data, seed, epochs), through train.train."""
-    from dataclasses import fields
-
-    from .runs import TrainedModel
-    from .train import TrainConfig, resolve_device, train
-
     recipe = run_config.get("recipe") or {}
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in recipe.items() if k in known})
@@ -147,15 +91,8 @@ def baseline_for(run_config: dict, data_dir=None, log: Callable | None = None, *
 
 def plot_invariance(rows: list[dict], out) -> None:
     """Two panels: predictions changed and feature change versus shift, one line per model."""
-    import io
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .runs import atomic_write
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    fig = MplFigure(figsize=(8, 3))
+    axes = fig.subplots(1, 2)
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name]
         shifts = [r["shift"] for r in mine]
@@ -170,5 +107,28 @@ def plot_invariance(rows: list[dict], out) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
     atomic_write(out, buf.getvalue())
+
+
+def measure(run_dir, *, baseline_dir=None, out=None, limit: int | None = None, max_shift: int = 4,
+            limit_train: int | None = None, data_dir=None, log: Callable | None = None) -> dict:
+    """`cnnlab pool --invariance`: the run against a pool-free baseline on its own test images,
+    with the plot written to `out` (default RUN_DIR/invariance.png)."""
+    pooled = load(run_dir)
+    check_has_features(pooled)  # before any baseline is trained
+    out = Path(out) if out else Path(run_dir) / "invariance.png"
+    if not out.parent.is_dir():
+        raise CnnlabError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    if baseline_dir:
+        baseline = load(baseline_dir)
+        check_has_features(baseline)
+    else:
+        (log or print)(f"training no_pool_cnn with {pooled.name}'s recipe for comparison "
+                       f"(pass --baseline RUN_DIR to reuse one)")
+        baseline = baseline_for(pooled.config, data_dir=data_dir, log=log, limit_train=limit_train)
+    _, test = test_split(pooled.config, data_dir, limit)
+    models = {pooled.name: pooled, baseline.name if baseline.name != pooled.name else "baseline": baseline}
+    rows = invariance(models, test.images, test.labels, max_shift)
+    plot_invariance(rows, out)
+    return {"run_dir": str(pooled.run_dir), "baseline": str(baseline.run_dir) if baseline.run_dir else None,
+            "images": len(test), "plot": str(out), "rows": rows}

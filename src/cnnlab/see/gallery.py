@@ -1,9 +1,7 @@
-"""Hand-designed kernels: the edge, blur and sharpen filters that came before learned ones.
+"""The lecture's kernel gallery: photographs and digits through every hand-designed kernel.
 
-Each kernel is a small matrix slid over an image (cross-correlation, as in cnnlab.conv and every
-CNN layer). `apply` does it with torch for whole images; image borders repeat the edge pixel
-(scipy.ndimage's mode="nearest"), so a flat image stays flat right up to its edge.
-`gallery` draws the lecture's figure: one row per image, one column per kernel.
+One row per image, one column per kernel (lecture/kernels.py), drawn with matplotlib's
+object-oriented API on the Agg canvas.
 """
 
 from __future__ import annotations
@@ -13,76 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from matplotlib.figure import Figure as MplFigure
+from PIL import Image, UnidentifiedImageError
 
-from .errors import CnnlabError
+from ..engine import data as data_mod
+from ..errors import CnnlabError
+from ..files import atomic_write
+from ..lecture import kernels
+from ..lecture.kernels import GALLERY_COLUMNS
 
-NAMED = {
-    "identity": [[0, 0, 0], [0, 1, 0], [0, 0, 0]],
-    # Prewitt and Sobel estimate the horizontal (x) or vertical (y) intensity gradient; "x" kernels
-    # light up vertical edges. Sobel weights the centre row/column twice: a little smoothing.
-    "prewitt-x": [[-1, 0, 1], [-1, 0, 1], [-1, 0, 1]],
-    "prewitt-y": [[-1, -1, -1], [0, 0, 0], [1, 1, 1]],
-    "sobel-x": [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]],
-    "sobel-y": [[-1, -2, -1], [0, 0, 0], [1, 2, 1]],
-    # The second derivative: zero on flat areas and ramps, strong on both sides of an edge.
-    "laplacian": [[0, 1, 0], [1, -4, 1], [0, 1, 0]],
-    "gaussian": None,   # built by gaussian(size, sigma)
-    "box-blur": None,   # built by box_blur(size)
-    "sharpen": [[0, -1, 0], [-1, 5, -1], [0, -1, 0]],  # identity + (minus) Laplacian
-    "emboss": [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]],
-}
-
-# The lecture's figure: (column title, kernel name).
-GALLERY_COLUMNS = [("Prewitt X", "prewitt-x"), ("Prewitt Y", "prewitt-y"), ("Sobel X", "sobel-x"),
-                   ("Sobel Y", "sobel-y"), ("Laplacian", "laplacian"), ("Gaussian Blur", "gaussian"),
-                   ("Sharpening", "sharpen")]
 MAX_SIDE = 256  # larger images are downscaled so the figure stays small and quick
-
-
-def gaussian(size: int = 5, sigma: float = 1.0) -> np.ndarray:
-    """A size x size Gaussian, exp(-(x^2 + y^2) / (2 sigma^2)), normalised to sum to 1."""
-    if size < 1 or size % 2 == 0:
-        raise CnnlabError(f"--size for gaussian must be an odd whole number (3, 5, 7...), got {size}")
-    if not sigma > 0:
-        raise CnnlabError(f"--sigma must be greater than 0, got {sigma}")
-    r = np.arange(size) - size // 2
-    g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma ** 2))
-    return g / g.sum()
-
-
-def box_blur(size: int = 3) -> np.ndarray:
-    """The plain average of a size x size neighbourhood."""
-    if size < 1:
-        raise CnnlabError(f"--size must be at least 1, got {size}")
-    return np.full((size, size), 1.0 / (size * size))
-
-
-def get(name: str, size: int | None = None, sigma: float = 1.0) -> np.ndarray:
-    """A named kernel as a float64 matrix. size/sigma apply to gaussian (default 5) and box-blur (default 3)."""
-    if name not in NAMED:
-        raise CnnlabError(f"unknown kernel '{name}'; choose one of: {', '.join(NAMED)}, or write a matrix "
-                          f"like \"0 1 0; 1 -4 1; 0 1 0\"")
-    if name == "gaussian":
-        return gaussian(size or 5, sigma)
-    if name == "box-blur":
-        return box_blur(size or 3)
-    return np.array(NAMED[name], dtype=np.float64)
-
-
-def apply(image, kernel) -> np.ndarray:
-    """Slide `kernel` over a 2-D image: same-size output, borders extended with the edge pixel.
-
-    The kernel's centre is at (kh // 2, kw // 2), as in scipy.ndimage.correlate, so even-sized
-    kernels work too.
-    """
-    img = torch.as_tensor(np.asarray(image, dtype=np.float64))[None, None]
-    k = torch.as_tensor(np.asarray(kernel, dtype=np.float64))[None, None]
-    kh, kw = k.shape[-2:]
-    # F.pad takes (left, right, top, bottom).
-    padded = F.pad(img, (kw // 2, kw - 1 - kw // 2, kh // 2, kh - 1 - kh // 2), mode="replicate")
-    return F.conv2d(padded, k)[0, 0].numpy()
 
 
 # --- Images --------------------------------------------------------------------------------------
@@ -110,8 +48,6 @@ def downscale(pixels: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
     h, w = pixels.shape
     if max(h, w) <= max_side:
         return pixels
-    from PIL import Image
-
     scale = max_side / max(h, w)
     img = Image.fromarray(pixels.astype(np.float32), mode="F")
     return np.asarray(img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS),
@@ -120,8 +56,6 @@ def downscale(pixels: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
 
 def load_image(path: str | Path) -> Picture:
     """Any image Pillow reads, as grayscale in [0, 1], downscaled to at most MAX_SIDE pixels."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"{path}: no such file")
@@ -144,8 +78,6 @@ def sample_pictures(data_dir=None, digits: int = 2) -> tuple[list[Picture], list
 
     Returns (pictures, notes): a note says what could not be included and why.
     """
-    from . import data as data_mod
-
     pictures, notes = [], []
     try:
         test = data_mod.load("mnist", "test", data_dir, download=False)
@@ -181,12 +113,6 @@ def gallery(pictures: list[Picture], out, extra: list[tuple[str, np.ndarray]] = 
     black negative, scaled to the 99th percentile of |response| (printed under each panel) so one
     bright pixel does not wash out the rest. Other kernels keep brightness and are shown on 0..1.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .runs import atomic_write
-
     out = Path(out)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in ("png", "jpg", "jpeg", "svg", "pdf"):
@@ -195,18 +121,18 @@ def gallery(pictures: list[Picture], out, extra: list[tuple[str, np.ndarray]] = 
         raise CnnlabError(f"--out {out}: folder {out.parent} does not exist; create it first")
     if not pictures:
         raise CnnlabError("no images to draw; pass --image with at least one readable image")
-    columns = [(title, get(name, size, sigma)) for title, name in GALLERY_COLUMNS]
+    columns = [(title, kernels.get(name, size, sigma)) for title, name in GALLERY_COLUMNS]
     columns += [(title, np.asarray(k, dtype=np.float64)) for title, k in extra]
     columns = [(title, k, abs(k.sum()) < 1e-9) for title, k in columns]
 
     n_cols = len(columns) + 1
-    fig, axes = plt.subplots(len(pictures), n_cols, figsize=(1.25 * n_cols, 1.45 * len(pictures)),
-                             squeeze=False)
+    fig = MplFigure(figsize=(1.25 * n_cols, 1.45 * len(pictures)))
+    axes = fig.subplots(len(pictures), n_cols, squeeze=False)
     for r, pic in enumerate(pictures):
         axes[r, 0].imshow(pic.pixels, cmap="gray", vmin=0, vmax=1)
         axes[r, 0].set_ylabel(pic.name, fontsize=6)
         for c, (title, kernel, signed) in enumerate(columns, 1):
-            response = apply(pic.pixels, kernel)
+            response = kernels.apply(pic.pixels, kernel)
             if signed:
                 m = float(np.percentile(np.abs(response), 99)) or 1e-9
                 axes[r, c].imshow(response, cmap="gray", vmin=-m, vmax=m)
@@ -221,6 +147,5 @@ def gallery(pictures: list[Picture], out, extra: list[tuple[str, np.ndarray]] = 
     fig.tight_layout(pad=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="jpeg" if fmt == "jpg" else fmt, dpi=90)
-    plt.close(fig)
     atomic_write(out, buf.getvalue())
     return Gallery(["Original"] + [t for t, _, _ in columns], list(pictures), list(errors), out)

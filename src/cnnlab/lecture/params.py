@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .errors import CnnlabError
-from .models import SimpleCNN, build_model, get_spec
+from ..engine.models import SimpleCNN, build_model, get_spec
+from ..errors import CnnlabError
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CnnlabError
+from ..errors import CnnlabError
 
 # The lecture's example: a 5x5 input and a 2x2 kernel; the top-left output is
 # 2x1 + 1x2 + 4x(-1) + 1x3 = 3 and the output is 4x4.

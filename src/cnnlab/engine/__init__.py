@@ -1,0 +1,1 @@
+"""The training engine: settings and recipes, data, augmentation, models, the loop, checkpoints, processes."""

@@ -1,0 +1,1 @@
+"""The web explorer: a FastAPI server and its static page."""
