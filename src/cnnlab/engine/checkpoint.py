@@ -144,7 +144,7 @@ def read(path) -> tuple[dict, dict]:
         header = json.loads(raw[8:8 + header_len])
         metadata = header.get("__metadata__") or {}
         tensors = load_tensors(raw)
-    except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError) as e:
+    except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError, RecursionError) as e:
         detail = " ".join(str(e).split())[:120] or "unreadable header"
         raise RunError(f"{path} is truncated or corrupt ({detail}); {fix}") from None
     if metadata.get("format") != FORMAT:
@@ -154,4 +154,21 @@ def read(path) -> tuple[dict, dict]:
     if _digest(tensors, state_json) != metadata.get("sha256"):
         raise RunError(f"{path} fails its SHA-256 check: it was modified or damaged after it was "
                        f"written; {fix}")
-    return tensors, json.loads(state_json)
+    try:  # (the checksum proves the file unchanged, not that whoever wrote it was cnnlab)
+        state = json.loads(state_json)
+    except (ValueError, RecursionError):
+        state = None
+    if not _well_formed(state):
+        raise RunError(f"{path} holds a state cnnlab did not write (missing or malformed fields); {fix}")
+    return tensors, state
+
+
+# The fields of a checkpoint's state that resuming reads, with their types.
+_STATE = {"epoch": int, "step": int, "loss_sum": (int, float), "seconds": (int, float), "config": dict,
+          "epochs": list, "best_acc": (int, float), "bad_epochs": int}
+
+
+def _well_formed(state) -> bool:
+    return (isinstance(state, dict)
+            and all(isinstance(state.get(k), t) and not isinstance(state.get(k), bool) for k, t in _STATE.items())
+            and state["epoch"] >= 0 and state["step"] >= 0 and all(isinstance(e, dict) for e in state["epochs"]))

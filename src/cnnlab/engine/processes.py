@@ -95,7 +95,7 @@ class Processes:
 def start_processes(cfg: TrainConfig) -> Processes:
     """Join torchrun's process group (gloo on CPU, NCCL on CUDA) when WORLD_SIZE > 1."""
     device = resolve_device(cfg.device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_world()
     if world == 1:
         return Processes(device=device)
     if device.type == "cuda":
@@ -113,11 +113,24 @@ def start_processes(cfg: TrainConfig) -> Processes:
     return Processes(dist.get_rank(), world, device, owns)
 
 
+def env_rank() -> int:
+    """This process's rank as torchrun sets it (0 without torchrun), known before the group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def env_world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# The signals that ask a training to stop: Ctrl-C, kill / a scheduler / a container stop, a closed terminal.
+STOP_SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+
+
 class StopRequest:
-    """SIGINT / SIGTERM while training: remember it so the loop can finish its step, checkpoint
-    and leave. The same signal again stops at once (the last checkpoint stays intact: writes are
-    atomic). A different one is not a repeat: on Ctrl-C, torchrun's workers get SIGINT from the
-    terminal and SIGTERM from torchrun at the same moment."""
+    """SIGINT / SIGTERM / SIGHUP while training: remember it so the loop can finish its step,
+    checkpoint and leave. The same signal again stops at once (KeyboardInterrupt; the last
+    checkpoint stays intact: writes are atomic). A different one is not a repeat: on Ctrl-C,
+    torchrun's workers get SIGINT from the terminal and SIGTERM from torchrun at the same moment."""
 
     def __init__(self):
         self.signum = None
@@ -125,7 +138,7 @@ class StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -138,12 +151,22 @@ class StopRequest:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum or signal.SIGINT).name
 
-def interrupted(stop: StopRequest, run_dir, epoch: int, step: int, steps: int) -> Interrupted:
-    signum = stop.signum or signal.SIGINT
-    name = signal.Signals(signum).name
-    where = f"epoch {epoch}, step {step}/{steps}" if step else f"the start of epoch {epoch}"
-    if run_dir is None:
-        return Interrupted(f"stopped by {name} at {where} (nothing saved: save=False)", 128 + signum)
-    return Interrupted(f"stopped by {name}; checkpoint saved at {where}. Resume with: "
-                       f"cnnlab train --resume {run_dir}", 128 + signum, run_dir)
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+    def at_once(self, run_dir) -> Interrupted:
+        """The line for a second, identical signal: stopped wherever it was."""
+        saved = "nothing was saved" if run_dir is None else "the last checkpoint written is intact"
+        return interrupted(self, run_dir, f"stopped at once by a second {self.name}; {saved}")
+
+
+def interrupted(stop: StopRequest, run_dir, line: str, resume: bool = True) -> Interrupted:
+    """The one line a stop prints: `line` (the signal and what was saved), then how to go on."""
+    if run_dir is None or not resume:
+        return Interrupted(line, stop.exit_code, run_dir)
+    return Interrupted(f"{line}. Resume with: cnnlab train --resume {run_dir}", stop.exit_code, run_dir)

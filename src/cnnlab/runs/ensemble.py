@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -16,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.config import RESUME_MAY_CHANGE, TrainConfig, resume_flags
+from ..engine.processes import StopRequest
 from ..engine.train import checked, train
-from ..errors import CnnlabError, RunError
+from ..errors import CnnlabError, Interrupted, RunError
 from ..files import atomic_write, write_json
 from . import folder
 from .folder import CONFIG, ENSEMBLE, MEMBER, METRICS, WEIGHTS, ensemble_config, member_dirs, read_config, test_split
@@ -79,42 +81,58 @@ def train_ensemble(config, n: int, *, models=None, data_dir=None, out=None, resu
     log = log or (lambda s: None)
     if n < 2:
         raise CnnlabError(f"--ensemble needs at least 2 members, got {n}; leave it out to train one model")
-    if resume is not None:
-        root, config, models = _unfinished(Path(resume), overrides)
-    else:
-        config = checked(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}))
-        models = list(models or [config.model])
-        for name in models:
-            checked(replace(config, model=name))  # an unknown model fails before anything is written
-        root = folder.new_run_dir(f"{ENSEMBLE}-{config.model}", out)
-        # Read by --resume: which network each missing member must be.
-        write_json(root / PLAN, {"models": models})
-    names, seconds = [], []
-    for k in range(1, n + 1):
-        names.append(MEMBER.format(k))
-        member, seed, model = root / names[-1], config.seed + k - 1, models[(k - 1) % len(models)]
-        if (member / WEIGHTS).is_file():  # weights are written when a run finishes
-            log(f"ensemble member {k}/{n} ({model}, seed {seed}): finished before, kept")
-            seconds.append(None)
-            continue
-        log(f"ensemble member {k}/{n} ({model}, seed {seed})")
-        if member.exists():
-            result = train(data_dir=data_dir, resume=member, progress=progress, log=log, **overrides)
+    with ExitStack() as held, StopRequest() as stop:
+        if resume is not None:
+            root, config, models = _unfinished(Path(resume), overrides)
+            held.enter_context(folder.claim(root, log))  # the whole ensemble's one writer
         else:
-            result = train(replace(config, seed=seed, model=model), data_dir=data_dir, out=member,
-                           progress=progress, log=log)
-        seconds.append(result.train_seconds)
-    # Written last: a folder without it is an ensemble whose training did not finish.
-    configs = [read_config(root / m) for m in names]
-    write_json(root / CONFIG, ensemble_config(names, configs))
-    log(f"evaluating each member, the ensemble and the ensemble with TTA ({len(SHIFTS)} views per image)")
-    report = evaluate_ensemble(root, data_dir=data_dir, limit=config.limit_test, record=True)
+            config = checked(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}))
+            models = list(models or [config.model])
+            for name in models:
+                checked(replace(config, model=name))  # an unknown model fails before anything is written
+            root = held.enter_context(folder.new_run_dir(f"{ENSEMBLE}-{config.model}", out, log))
+            # Read by --resume: which network each missing member must be.
+            write_json(root / PLAN, {"models": models})
+        names, seconds = [], []
+        for k in range(1, n + 1):
+            _stop_if_asked(stop, f"before member {k} of {n} began; the finished members are kept", n, root)
+            names.append(MEMBER.format(k))
+            seconds.append(_member(root / names[-1], k, n, replace(config, seed=config.seed + k - 1,
+                                                                    model=models[(k - 1) % len(models)]),
+                                   data_dir, progress, log, overrides))
+        _stop_if_asked(stop, f"after its last member; every member is saved", n, root)
+        # Written last: a folder without it is an ensemble whose training did not finish.
+        configs = [read_config(root / m) for m in names]
+        write_json(root / CONFIG, ensemble_config(names, configs))
+        log(f"evaluating each member, the ensemble and the ensemble with TTA ({len(SHIFTS)} views per image)")
+        report = evaluate_ensemble(root, data_dir=data_dir, limit=config.limit_test, record=True)
+        _stop_if_asked(stop, f"as the ensemble ended; {root} is complete (nothing to resume)", n, None)
     for member, member_config, s in zip(report["members"], configs, seconds):
         member["seed"] = member_config.get("seed")
         member["model"] = member_config.get("model")
         member["train_seconds"] = s  # None: trained by an earlier, interrupted call
     report["train_seconds"] = round(sum(s for s in seconds if s is not None), 3)
     return report
+
+
+def _member(member: Path, k: int, n: int, config: TrainConfig, data_dir, progress, log, overrides) -> float | None:
+    """Train (or finish, or keep) member k; its training seconds, None when it had finished before."""
+    if (member / WEIGHTS).is_file():  # weights are written when a run finishes
+        log(f"ensemble member {k}/{n} ({config.model}, seed {config.seed}): finished before, kept")
+        return None
+    log(f"ensemble member {k}/{n} ({config.model}, seed {config.seed})")
+    if (member / CONFIG).is_file():  # begun: resume (from its checkpoint, or from the start if it has none)
+        return train(data_dir=data_dir, resume=member, progress=progress, log=log, **overrides).train_seconds
+    # Not begun, or killed as its folder was made (that folder holds at most a stale lock).
+    return train(config, data_dir=data_dir, out=member, progress=progress, log=log).train_seconds
+
+
+def _stop_if_asked(stop: StopRequest, what: str, n: int, root: Path | None) -> None:
+    """A signal between members (or while the ensemble is evaluated): leave with what is saved."""
+    if stop.signum is None:
+        return
+    how = f". Resume with: cnnlab train --ensemble {n} --resume {root}" if root else ""
+    raise Interrupted(f"stopped by {stop.name} {what}{how}", stop.exit_code)
 
 
 def _unfinished(root: Path, overrides: dict):
