@@ -130,14 +130,23 @@ class StopRequest:
     """SIGINT / SIGTERM / SIGHUP while training: remember it so the loop can finish its step,
     checkpoint and leave. The same signal again stops at once (KeyboardInterrupt; the last
     checkpoint stays intact: writes are atomic). A different one is not a repeat: on Ctrl-C,
-    torchrun's workers get SIGINT from the terminal and SIGTERM from torchrun at the same moment."""
+    torchrun's workers get SIGINT from the terminal and SIGTERM from torchrun at the same moment.
+
+    Requests nest (an ensemble's around each member's training): the inner one starts with a
+    signal the outer one has already seen, and hands back one that arrived too late for it to act
+    on, so no signal is lost between two members."""
+
+    _active = None  # the innermost request in force in this process
 
     def __init__(self):
         self.signum = None
         self._old = {}
+        self._outer = None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
+            self._outer, StopRequest._active = StopRequest._active, self
+            self.signum = self._outer.signum if self._outer else None
             for sig in STOP_SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
@@ -150,6 +159,10 @@ class StopRequest:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self._old:
+            StopRequest._active = self._outer
+            if self._outer and self._outer.signum is None:
+                self._outer.signum = self.signum
 
     @property
     def name(self) -> str:
@@ -158,11 +171,6 @@ class StopRequest:
     @property
     def exit_code(self) -> int:
         return 128 + (self.signum or signal.SIGINT)
-
-    def at_once(self, run_dir) -> Interrupted:
-        """The line for a second, identical signal: stopped wherever it was."""
-        saved = "nothing was saved" if run_dir is None else "the last checkpoint written is intact"
-        return interrupted(self, run_dir, f"stopped at once by a second {self.name}; {saved}")
 
 
 def interrupted(stop: StopRequest, run_dir, line: str, resume: bool = True) -> Interrupted:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -146,21 +146,21 @@ def train(config: TrainConfig | None = None, *, data_dir=None, out=None, save: b
     if unknown:
         raise TypeError(f"unknown training options: {', '.join(sorted(unknown))}")
     main_log = (log if env_rank() == 0 else None) or (lambda s: None)  # under torchrun rank 0 speaks
+    resume = Path(resume) if resume is not None else None
+    run = None
     with ExitStack() as held, StopRequest() as stop:
-        saved = None
-        if resume is not None:
-            resume = Path(resume)
-            folder.read_config(resume)  # the one-line error for a missing or non-run folder
-            if env_rank() == 0:  # the one writer
-                held.enter_context(folder.claim(resume, main_log))
-            cfg, saved = _resume_point(resume, {**(asdict(config) if config else {}), **overrides})
-        else:
-            cfg = checked(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}))
-        procs = start_processes(cfg)
-        if procs.owns_group:
-            held.callback(torch.distributed.destroy_process_group)
-        run = _Run(cfg, procs, data_dir, main_log, stop)
         try:
+            if resume is not None:
+                folder.read_config(resume)  # the one-line error for a missing or non-run folder
+                if env_rank() == 0:  # the one writer
+                    held.enter_context(folder.claim(resume, main_log))
+                cfg, saved = _resume_point(resume, {**(asdict(config) if config else {}), **overrides})
+            else:
+                cfg = checked(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}))
+            procs = start_processes(cfg)
+            if procs.owns_group:
+                held.callback(torch.distributed.destroy_process_group)
+            run = _Run(cfg, procs, data_dir, main_log, stop)
             if resume is not None:
                 run.restore(resume, saved)
             elif save and procs.main:
@@ -168,13 +168,19 @@ def train(config: TrainConfig | None = None, *, data_dir=None, out=None, save: b
                 run.run_dir = held.enter_context(folder.new_run(cfg, run.info, run.parameters, out, main_log))
             return run.loop(progress and procs.main)
         except KeyboardInterrupt:  # the same signal twice: StopRequest stopped at once
-            raise stop.at_once(run.run_dir) from None
+            kept = run.kept() if run else (f"{resume} is unchanged" if resume else "nothing was saved")
+            raise interrupted(stop, run.run_dir if run else resume,
+                              f"stopped at once by a second {stop.name}; {kept}") from None
 
 
 def _resume_point(run_dir: Path, overrides: dict) -> tuple[TrainConfig, tuple | None]:
     """(settings, checkpoint) to resume run_dir from; no checkpoint: it starts again from its config."""
-    if (run_dir / checkpoint.CHECKPOINT).is_file():
-        saved = checkpoint.read(run_dir / checkpoint.CHECKPOINT)
+    path = run_dir / checkpoint.CHECKPOINT
+    if path.is_file():
+        saved = checkpoint.read(path)
+        if not _well_formed(saved[1]):  # (its checksum proves it unchanged, not that cnnlab wrote it)
+            raise RunError(f"{path} holds a state cnnlab did not write (missing or malformed fields); restore "
+                           f"it from a backup or start a new run")
         return _resumed_config(saved[1], run_dir, overrides), saved
     config = folder.read_config(run_dir)
     if config["model"] == folder.ENSEMBLE or (run_dir / folder.WEIGHTS).is_file():
@@ -189,6 +195,19 @@ def _resume_point(run_dir: Path, overrides: dict) -> tuple[TrainConfig, tuple | 
                        f"this cnnlab can start it again with; start a new run") from None
     _only_resume_flags(cfg, overrides, run_dir)
     return checked(TrainConfig(**{**recipe, **{k: v for k, v in overrides.items() if k in RESUME_MAY_CHANGE}})), None
+
+
+# The fields of a checkpoint's state (_Run._checkpoint) that resuming reads, with their types.
+_STATE = {"epoch": int, "step": int, "loss_sum": (int, float), "seconds": (int, float), "config": dict,
+          "epochs": list, "best_acc": (int, float), "bad_epochs": int, "best_epoch": (int, type(None))}
+
+
+def _well_formed(state: dict) -> bool:
+    known = {f.name for f in fields(EpochStats)}
+    needed = {f.name for f in fields(EpochStats) if f.default is MISSING}
+    return (all(isinstance(state.get(k), t) and not isinstance(state.get(k), bool) for k, t in _STATE.items())
+            and state["epoch"] >= 0 and state["step"] >= 0
+            and all(isinstance(e, dict) and needed <= set(e) <= known for e in state["epochs"]))
 
 
 def _only_resume_flags(cfg: TrainConfig, overrides: dict, run_dir: Path) -> None:
@@ -443,13 +462,19 @@ class _Run:
         raise self._diverged(f"the training loss became {float(losses[first])} at epoch {epoch}, "
                              f"step {first + 1}/{self.steps}")
 
+    def kept(self) -> str:
+        """What the run folder holds now, for the line a stop or an error prints."""
+        if self.run_dir is None:
+            return "nothing was saved"
+        if self.saved_at:
+            return f"{self.run_dir} keeps its checkpoint at {self.saved_at}"
+        return f"{self.run_dir} holds its settings but no checkpoint yet (resuming starts it again)"
+
     def _diverged(self, what: str) -> CnnlabError:
         cfg = self.cfg
         fix = (f"lower --lr (it is {cfg.lr:g})" + (f" or --weight-decay ({cfg.weight_decay:g})" if cfg.weight_decay else "")
                + (", or use --precision fp32" if self.precision == "bf16" else ""))
-        kept = ("" if self.run_dir is None else f"; {self.run_dir} keeps its last good checkpoint ({self.saved_at})"
-                if self.saved_at else f"; {self.run_dir} has no checkpoint yet")
-        return CnnlabError(f"training diverged: {what}; {fix} and start a new run{kept}")
+        return CnnlabError(f"training diverged: {what}; {fix} and start a new run ({self.kept()})")
 
     def _check_weights(self, where: str) -> None:
         """Never write weights that are NaN or infinite (a checkpoint keeps the last good ones)."""
