@@ -97,10 +97,11 @@ def new_run_dir(model: str, out: str | os.PathLike | None = None, log=None) -> "
 
 
 def _refuse_used(path: Path) -> None:
-    """One line when --out names a file, or a folder that holds anything but a stale lock."""
+    """One line when --out names a file, or a folder that holds anything but what a training
+    killed before it wrote its settings leaves (its stale lock, a half-written temporary)."""
     if not path.exists():
         return
-    if path.is_dir() and all(p.name == LOCK for p in path.iterdir()):
+    if path.is_dir() and all(p.name == LOCK or _ORPHAN.match(p.name) for p in path.iterdir()):
         return
     if path.is_dir() and (path / LOCK).is_file():
         holder = _holder(path)
@@ -296,6 +297,9 @@ def read_config(run_dir) -> dict:
                        f"'cnnlab train' printed (it holds {CONFIG} and {WEIGHTS})")
     path = run_dir / CONFIG
     if not path.is_file():
+        if (Path(run_dir) / LOCK).is_file():  # claimed, then stopped before its settings were written
+            raise RunError(f"{run_dir} holds no {CONFIG}: its training was stopped before it began, so nothing "
+                           f"was trained; start it again with 'cnnlab train --out {run_dir}' and its settings")
         raise RunError(f"{run_dir} is not a cnnlab run: {CONFIG} is missing")
     try:
         config = json.loads(path.read_text())
@@ -394,6 +398,9 @@ def _load_weights(run_dir: Path, config: dict) -> torch.nn.Module:
         raise RunError(f"{run_dir / CONFIG} lacks 'normalization'; it is not a complete cnnlab run config")
     weights = run_dir / WEIGHTS
     if not weights.is_file():
+        if (run_dir / checkpoint.CHECKPOINT).is_file():
+            raise RunError(f"{run_dir} has no {WEIGHTS} yet: its training did not finish; finish it with "
+                           f"'cnnlab train --resume {run_dir}'")
         raise RunError(f"{run_dir} has no {WEIGHTS}; the run did not finish or the file was removed")
     try:
         state = load_file(str(weights))
