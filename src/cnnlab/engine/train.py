@@ -33,8 +33,7 @@ from ..runs.inference import accuracy
 from . import augment, checkpoint, data
 from .config import FOLDER, RESUME_MAY_CHANGE, TrainConfig, resume_flags
 from .models import build_model, count_parameters
-from .processes import (StopRequest, env_rank, env_world, interrupted, resolve_device, resolve_precision,
-                        start_processes)
+from .processes import StopRequest, env_rank, env_world, interrupted, resolve_device, resolve_precision, start_processes
 
 # Training images a model's init_from_data sees (the first ones: no randomness). For fast_cnn's
 # whitened first conv, 2,000 MNIST images give 392,000 patches, and 10,000 the same accuracy.
@@ -157,6 +156,8 @@ def train(config: TrainConfig | None = None, *, data_dir=None, out=None, save: b
                 cfg, saved = _resume_point(resume, {**(asdict(config) if config else {}), **overrides})
             else:
                 cfg = checked(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}))
+                if save and out is not None and env_rank() == 0:
+                    folder.check_out(out)  # (claimed once the data is loaded and the network built)
             procs = start_processes(cfg)
             if procs.owns_group:
                 held.callback(torch.distributed.destroy_process_group)
@@ -376,12 +377,7 @@ class _Run:
 
     def loop(self, progress: bool) -> TrainResult:
         """Train from where the run stands to its end, then save the final weights."""
-        if self.run_dir is None:
-            self.stop_if_asked("before training began; nothing was saved")
-        elif self.epoch or self.step:
-            self.stop_if_asked("before training resumed; its checkpoint is unchanged")
-        else:
-            self.stop_if_asked(f"before training began; {self.run_dir} holds its settings, nothing trained yet")
+        self.stop_if_asked(f"before training {'resumed' if self.saved_at else 'began'}; {self.kept()}")
         clock = time.perf_counter()
         if not self.done:
             self.log(self._first_line())
@@ -468,13 +464,14 @@ class _Run:
             return "nothing was saved"
         if self.saved_at:
             return f"{self.run_dir} keeps its checkpoint at {self.saved_at}"
-        return f"{self.run_dir} holds its settings but no checkpoint yet (resuming starts it again)"
+        return f"{self.run_dir} holds its settings but no checkpoint yet"
 
     def _diverged(self, what: str) -> CnnlabError:
         cfg = self.cfg
         fix = (f"lower --lr (it is {cfg.lr:g})" + (f" or --weight-decay ({cfg.weight_decay:g})" if cfg.weight_decay else "")
                + (", or use --precision fp32" if self.precision == "bf16" else ""))
-        return CnnlabError(f"training diverged: {what}; {fix} and start a new run ({self.kept()})")
+        kept = "" if self.run_dir is None else f"; {self.kept()}, nothing from after the divergence"
+        return CnnlabError(f"training diverged: {what}; {fix}, and start a new run{kept}")
 
     def _check_weights(self, where: str) -> None:
         """Never write weights that are NaN or infinite (a checkpoint keeps the last good ones)."""

@@ -85,20 +85,22 @@ def new_run_dir(model: str, out: str | os.PathLike | None = None, log=None) -> "
                 i += 1
                 path = base.with_name(f"{base.name}-{i}")
     path = Path(out)
-    _refuse_used(path)
+    check_out(path)
     path.mkdir(parents=True, exist_ok=True)
     lock = claim(path, log)
     try:
-        _refuse_used(path)  # written to between the first look and the lock
+        check_out(path)  # written to between the first look and the lock
     except BaseException:
         lock.release()
         raise
     return lock
 
 
-def _refuse_used(path: Path) -> None:
+def check_out(path) -> None:
     """One line when --out names a file, or a folder that holds anything but what a training
-    killed before it wrote its settings leaves (its stale lock, a half-written temporary)."""
+    killed before it wrote its settings leaves (its stale lock, a half-written temporary).
+    Training looks before it loads its data, so a second writer hears at once."""
+    path = Path(path)
     if not path.exists():
         return
     if path.is_dir() and all(p.name == LOCK or _ORPHAN.match(p.name) for p in path.iterdir()):
@@ -311,15 +313,14 @@ def read_config(run_dir) -> dict:
     return config
 
 
-def check_preprocessing(config: dict, where) -> None:
+def check_preprocessing(config: dict, where, fix: str = "restore the file or train the run again") -> None:
     """The classes and normalisation a model's inputs and outputs need (a run's config.json, an
     exported file's metadata): a list of class names, a finite mean and a finite std > 0, or one
-    RunError line naming `where`."""
+    RunError line naming `where` and saying how to `fix` it."""
     classes = config.get("classes")
     if classes is not None and not (isinstance(classes, list) and len(classes) >= 2
                                     and all(isinstance(c, str) for c in classes)):
-        raise RunError(f"{where}: 'classes' must be a list of at least 2 class names, got {_show(classes)}; "
-                       f"restore the file or export the run again")
+        raise RunError(f"{where}: 'classes' must be a list of at least 2 class names, got {_show(classes)}; {fix}")
     norm = config.get("normalization")
     if norm is None:
         return
@@ -327,7 +328,7 @@ def check_preprocessing(config: dict, where) -> None:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (mean, std)) \
             or std <= 0:
         raise RunError(f"{where}: 'normalization' must hold a finite mean and a std greater than 0, got "
-                       f"{_show(norm)}; restore the file or export the run again")
+                       f"{_show(norm)}; {fix}")
 
 
 @dataclass

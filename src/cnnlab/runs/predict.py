@@ -300,7 +300,7 @@ def _load_onnx(path: Path) -> Classifier:
             or not isinstance(info.get("dataset", ""), str):
         raise RunError(f"{where} is not the JSON 'cnnlab export' writes (classes, normalization, dataset); "
                        f"export the run again")
-    check_preprocessing(info, where)
+    check_preprocessing(info, where, "export the run again")
     outputs = session.get_outputs()[0].shape
     if not outputs or outputs[-1] != len(info["classes"]):
         raise RunError(f"{where} names {len(info['classes'])} classes but the model has {outputs[-1] if outputs else 'no'} "
