@@ -2,7 +2,8 @@
 
 Under torchrun each of WORLD_SIZE processes joins one process group (gloo on CPUs, NCCL on CUDA
 GPUs) and takes its share of every global batch; rank 0 alone prints, evaluates and writes.
-Ctrl-C or SIGTERM is remembered (StopRequest) so the loop can finish its step, checkpoint and leave.
+Ctrl-C, SIGTERM or SIGHUP is remembered (StopRequest) so the loop can finish its step, checkpoint
+and leave.
 """
 
 from __future__ import annotations

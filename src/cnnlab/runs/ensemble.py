@@ -166,7 +166,7 @@ def _unfinished(root: Path, overrides: dict):
         saved, source = plan["recipe"], root / PLAN
     elif (first / CONFIG).is_file():  # (plans written before they held the settings)
         saved, source = read_config(first).get("recipe") or {}, first / CONFIG
-    elif plan is not None or (root / folder.LOCK).is_file():
+    elif plan is not None or (root / folder.LOCK).is_file() or (root.is_dir() and not any(root.iterdir())):
         raise RunError(f"{root} was stopped before its first member began, so nothing was trained; start it "
                        f"again with 'cnnlab train --ensemble N --out {root}' and its settings")
     else:
