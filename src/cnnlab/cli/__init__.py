@@ -79,7 +79,13 @@ def add_tta_flag(p: argparse.ArgumentParser, note: str = "") -> None:
 
 
 def print_json(obj) -> None:
-    print(json.dumps(obj, indent=2))
+    """One JSON object on stdout. NaN and infinity are not JSON: refused, never printed."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False)
+    except ValueError:
+        raise CnnlabError("the result holds an infinite or NaN number, which JSON cannot carry (an overflow: "
+                          "use smaller values)") from None
+    print(text)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -130,6 +130,13 @@ def _load_split(info: DatasetInfo, raw_dir: Path, split: str) -> Split:
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"{img_file} should hold uint8 images [N, H, W], found {images.dtype} "
                         f"{list(images.shape)}")
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{img_file} holds {images.shape[1]}x{images.shape[2]} images; cnnlab's networks take "
+                        f"{IMAGE_SIZE}x{IMAGE_SIZE} MNIST-style images: resize them, or put them in class "
+                        f"folders for --dataset folder:PATH, which resizes")
+    if labels.dtype.kind not in "iu":  # a float label 3.7 is not class 3
+        raise DataError(f"{lbl_file} holds {labels.dtype} labels; labels must be whole class numbers "
+                        f"(IDX type 0x08, unsigned byte)")
     if labels.ndim == 2:  # QMNIST keeps extra metadata columns; the class is the first
         labels = labels[:, 0]
     if labels.ndim != 1:

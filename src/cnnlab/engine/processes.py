@@ -2,7 +2,8 @@
 
 Under torchrun each of WORLD_SIZE processes joins one process group (gloo on CPUs, NCCL on CUDA
 GPUs) and takes its share of every global batch; rank 0 alone prints, evaluates and writes.
-Ctrl-C or SIGTERM is remembered (StopRequest) so the loop can finish its step, checkpoint and leave.
+Ctrl-C, SIGTERM or SIGHUP is remembered (StopRequest) so the loop can finish its step, checkpoint
+and leave.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class Processes:
 def start_processes(cfg: TrainConfig) -> Processes:
     """Join torchrun's process group (gloo on CPU, NCCL on CUDA) when WORLD_SIZE > 1."""
     device = resolve_device(cfg.device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_world()
     if world == 1:
         return Processes(device=device)
     if device.type == "cuda":
@@ -113,19 +114,41 @@ def start_processes(cfg: TrainConfig) -> Processes:
     return Processes(dist.get_rank(), world, device, owns)
 
 
+def env_rank() -> int:
+    """This process's rank as torchrun sets it (0 without torchrun), known before the group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def env_world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# The signals that ask a training to stop: Ctrl-C, kill / a scheduler / a container stop, a closed terminal.
+STOP_SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+
+
 class StopRequest:
-    """SIGINT / SIGTERM while training: remember it so the loop can finish its step, checkpoint
-    and leave. The same signal again stops at once (the last checkpoint stays intact: writes are
-    atomic). A different one is not a repeat: on Ctrl-C, torchrun's workers get SIGINT from the
-    terminal and SIGTERM from torchrun at the same moment."""
+    """SIGINT / SIGTERM / SIGHUP while training: remember it so the loop can finish its step,
+    checkpoint and leave. The same signal again stops at once (KeyboardInterrupt; the last
+    checkpoint stays intact: writes are atomic). A different one is not a repeat: on Ctrl-C,
+    torchrun's workers get SIGINT from the terminal and SIGTERM from torchrun at the same moment.
+
+    Requests nest (an ensemble's around each member's training): the inner one starts with a
+    signal the outer one has already seen, and hands back one that arrived too late for it to act
+    on, so no signal is lost between two members."""
+
+    _active = None  # the innermost request in force in this process
 
     def __init__(self):
         self.signum = None
         self._old = {}
+        self._outer = None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            self._outer, StopRequest._active = StopRequest._active, self
+            self.signum = self._outer.signum if self._outer else None
+            for sig in STOP_SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -137,13 +160,22 @@ class StopRequest:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self._old:
+            StopRequest._active = self._outer
+            if self._outer and self._outer.signum is None:
+                self._outer.signum = self.signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum or signal.SIGINT).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
 
 
-def interrupted(stop: StopRequest, run_dir, epoch: int, step: int, steps: int) -> Interrupted:
-    signum = stop.signum or signal.SIGINT
-    name = signal.Signals(signum).name
-    where = f"epoch {epoch}, step {step}/{steps}" if step else f"the start of epoch {epoch}"
-    if run_dir is None:
-        return Interrupted(f"stopped by {name} at {where} (nothing saved: save=False)", 128 + signum)
-    return Interrupted(f"stopped by {name}; checkpoint saved at {where}. Resume with: "
-                       f"cnnlab train --resume {run_dir}", 128 + signum, run_dir)
+def interrupted(stop: StopRequest, run_dir, line: str, resume: bool = True) -> Interrupted:
+    """The one line a stop prints: `line` (the signal and what was saved), then how to go on."""
+    if run_dir is None or not resume:
+        return Interrupted(line, stop.exit_code, run_dir)
+    return Interrupted(f"{line}. Resume with: cnnlab train --resume {run_dir}", stop.exit_code, run_dir)

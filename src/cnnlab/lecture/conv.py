@@ -57,6 +57,12 @@ class Step:
     total: float          # their sum: the output value
 
 
+# The loop is the lesson, not a fast convolution: it is bounded so that a typo (--padding 100000
+# asked for 320 GB) is one line, not a MemoryError. 2,000,000 multiply-adds take ~4 s here.
+MAX_PADDED = 1_000_000  # values in the padded input (1000x1000)
+MAX_WORK = 2_000_000    # output positions x kernel taps
+
+
 def _check(x: np.ndarray, k: np.ndarray, stride, padding, dilation):
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     if min(sh, sw, dh, dw) < 1:
@@ -64,7 +70,13 @@ def _check(x: np.ndarray, k: np.ndarray, stride, padding, dilation):
     if min(ph, pw) < 0:
         raise CnnlabError(f"padding must be 0 or more, got {padding}")
     (h, w), (kh, kw) = x.shape[-2:], k.shape[-2:]
+    if (h + 2 * ph) * (w + 2 * pw) > MAX_PADDED:
+        raise CnnlabError(f"padding {padding} makes the padded input {h + 2 * ph}x{w + 2 * pw}; this step-by-step "
+                          f"loop takes at most {MAX_PADDED:,} values (e.g. 1000x1000): use less padding or a smaller input")
     oh, ow = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
+    if oh * ow * kh * kw > MAX_WORK:
+        raise CnnlabError(f"a {oh}x{ow} output of a {kh}x{kw} kernel is {oh * ow * kh * kw:,} multiply-adds; this "
+                          f"step-by-step loop takes at most {MAX_WORK:,}: use a smaller input or kernel, or a larger stride")
     if oh < 1 or ow < 1:
         raise CnnlabError(f"the {kh}x{kw} kernel (dilation {dilation}) does not fit the {h}x{w} input "
                           f"with padding {padding}: the output would be {oh}x{ow}; use a smaller "
@@ -92,17 +104,21 @@ def conv2d(x, kernel, stride=1, padding=0, dilation=1, flip: bool = False,
     padded = zero_pad(x, ph, pw)
     kh, kw = k.shape
     out = np.zeros((oh, ow), dtype=np.float64)
-    for i in range(oh):
-        for j in range(ow):
-            top, left = i * sh, j * sw
-            total = 0.0
-            for a in range(kh):
-                for b in range(kw):
-                    total += padded[top + a * dh, left + b * dw] * k[a, b]
-            out[i, j] = total
-            if steps is not None:
-                window = padded[top:top + (kh - 1) * dh + 1:dh, left:left + (kw - 1) * dw + 1:dw].copy()
-                steps.append(Step(i, j, top, left, window, window * k, total))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is one error line below
+        for i in range(oh):
+            for j in range(ow):
+                top, left = i * sh, j * sw
+                total = 0.0
+                for a in range(kh):
+                    for b in range(kw):
+                        total += padded[top + a * dh, left + b * dw] * k[a, b]
+                out[i, j] = total
+                if steps is not None:
+                    window = padded[top:top + (kh - 1) * dh + 1:dh, left:left + (kw - 1) * dw + 1:dw].copy()
+                    steps.append(Step(i, j, top, left, window, window * k, total))
+    if not np.isfinite(out).all():
+        raise CnnlabError("the output overflows (beyond 1.8e308, the largest float64): use smaller input or "
+                          "kernel values")
     return out
 
 

@@ -5,10 +5,14 @@ A run folder holds
   config.json             model name, dataset, classes, normalisation, recipe, seed, library versions
   metrics.jsonl           one JSON object per epoch
   checkpoint.safetensors  everything needed to resume training (engine/checkpoint.py)
+  .lock                   while a process writes the run: who it is (claim(); gone when it ends)
 
 An ensemble folder holds ordinary run folders member-1/, member-2/, ... and its own config.json:
 {"model": "ensemble", "members": ["member-1", ...], dataset, classes, normalization}. It loads as
 one model that averages its members' probabilities (runs/inference.py's Ensemble).
+
+One process at a time writes a run folder: claim() holds its lock file for as long as training
+(or a resume, or an ensemble) runs, so a second writer gets one line instead of corrupting it.
 
 test_split decides, for every command, which images a run is tested on.
 """
@@ -16,8 +20,12 @@ test_split decides, for every command, which images a run is tested on.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import re
+import socket
+import sys
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from importlib.metadata import version
@@ -29,6 +37,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
 
 from .. import __version__
+from ..engine import checkpoint
 from ..engine import data as data_mod
 from ..engine.config import EVAL_CHUNK, TrainConfig
 from ..engine.models import build_model, get_spec
@@ -41,6 +50,12 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 ENSEMBLE = "ensemble"  # the "model" of an ensemble folder's config.json
 MEMBER = "member-{}"
+LOCK = ".lock"
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; run folders are then not guarded against a second writer
+    fcntl = None
 
 
 def save_weights(model: torch.nn.Module, path) -> None:
@@ -54,29 +69,66 @@ def versions() -> dict:
             "numpy": version("numpy"), "python": platform.python_version()}
 
 
-def new_run_dir(model: str, out: str | os.PathLike | None = None) -> Path:
-    """--out if given (it must not hold a run already), else runs/<date-time>-<model>/."""
-    if out is not None:
-        path = Path(out)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise RunError(f"--out {path} already exists and is not empty; choose a new folder "
-                           f"or delete it (cnnlab never overwrites a run)")
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{stamp}-{model}"
-    path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    path.mkdir(parents=True)
-    return path
+def new_run_dir(model: str, out: str | os.PathLike | None = None, log=None) -> "RunLock":
+    """Create and claim a run folder: --out if given (it must not hold anything yet), else
+    runs/<date-time>-<model>/. The caller holds the returned lock until the run ends."""
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path("runs") / f"{stamp}-{model}"
+        base.parent.mkdir(parents=True, exist_ok=True)
+        path, i = base, 1
+        while True:
+            try:
+                path.mkdir()  # exclusive: two runs started in the same second get two folders
+                return claim(path, log)
+            except FileExistsError:
+                i += 1
+                path = base.with_name(f"{base.name}-{i}")
+    path = Path(out)
+    check_out(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lock = claim(path, log)
+    try:
+        check_out(path)  # written to between the first look and the lock
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
-def new_run(cfg, info, parameters: int, out=None) -> Path:
-    """Create a run folder for a training that starts now, with its config.json."""
-    run_dir = new_run_dir(cfg.model, out)
-    write_json(run_dir / CONFIG, {
+def check_out(path) -> None:
+    """One line when --out names a file, or a folder that holds anything but what a training
+    killed before it wrote its settings leaves (its stale lock, a half-written temporary).
+    Training looks before it loads its data, so a second writer hears at once."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if path.is_dir() and all(p.name == LOCK or _ORPHAN.match(p.name) for p in path.iterdir()):
+        return
+    if path.is_dir() and (path / LOCK).is_file():
+        holder = _holder(path)
+        if holder:
+            raise RunError(_in_use(path, holder))
+    hint = (f"; to continue that run: cnnlab train --resume {path}" if (path / CONFIG).is_file()
+            else " or delete it")
+    raise RunError(f"--out {path} already exists and is not empty; choose a new folder{hint} "
+                   f"(cnnlab never overwrites a run)")
+
+
+def new_run(cfg, info, parameters: int, out=None, log=None) -> "RunLock":
+    """Create and claim a run folder for a training that starts now, with its config.json."""
+    lock = new_run_dir(cfg.model, out, log)
+    try:
+        write_run_config(lock.run_dir, cfg, info, parameters)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def write_run_config(run_dir, cfg, info, parameters: int) -> None:
+    """config.json of a run that starts training now: everything loading it needs, and its recipe."""
+    write_json(Path(run_dir) / CONFIG, {
         "model": cfg.model,
         "dataset": cfg.dataset,
         "classes": list(info.classes),
@@ -89,7 +141,127 @@ def new_run(cfg, info, parameters: int, out=None) -> Path:
         "created": datetime.now().isoformat(timespec="seconds"),
         "versions": versions(),
     })
-    return run_dir
+
+
+# --- one writer per run folder -------------------------------------------------------------------
+
+class RunLock:
+    """This process's hold on a run folder's lock file; release() (or leaving a `with`) lets go."""
+
+    def __init__(self, run_dir: Path, fd: int | None):
+        self.run_dir, self._fd = run_dir, fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        # Removed while still held, so whoever opens the name next gets a fresh file (claim
+        # retries when it locked a file that was removed meanwhile).
+        try:
+            if os.stat(self.run_dir / LOCK).st_ino == os.fstat(self._fd).st_ino:
+                (self.run_dir / LOCK).unlink()
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> Path:
+        return self.run_dir
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def claim(run_dir, log=None) -> RunLock:
+    """Hold run_dir's lock for this process, or RunError naming the process that holds it.
+
+    The lock is an flock on RUN/.lock, which the kernel drops when its process ends however it
+    ends, so a process killed with -9 never blocks the folder: its file stays with its pid in it,
+    and the next claim says so and takes over. The file also says who holds it, for the message.
+    Files a killed writer left half-written (atomic_write's temporaries) are removed here, since
+    only the holder writes.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / LOCK
+    if fcntl is None:
+        return RunLock(run_dir, None)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunError(f"cannot write to {run_dir} ({e.strerror or e}); choose a folder you can write to") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunError(_in_use(run_dir, holder)) from None
+        except OSError:  # a filesystem without locks: go on unguarded rather than refuse to train
+            return RunLock(run_dir, fd)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed it as we locked it: lock the file that is there now
+    stale = _read_holder(fd)
+    if stale and log:
+        log(f"note: {run_dir} was left locked by {stale}, which has ended without unlocking it (it was "
+            f"killed or crashed); taking it over")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now().isoformat(timespec="seconds"),
+          "command": " ".join(["cnnlab", *sys.argv[1:]])[:200]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    _remove_orphans(run_dir)
+    return RunLock(run_dir, fd)
+
+
+def _read_holder(fd: int) -> str:
+    """'process 123 on host h (cnnlab train ..., since ...)' from a lock file; '' when empty."""
+    try:
+        who = json.loads(os.pread(fd, 4096, 0) or b"null")
+    except (ValueError, RecursionError, OSError):
+        return "another process"
+    if not isinstance(who, dict):
+        return "another process" if who is not None else ""
+    return (f"process {who.get('pid')} on host {who.get('host')} ({who.get('command')}, since "
+            f"{who.get('since')})")
+
+
+def _holder(run_dir: Path) -> str:
+    """Who holds run_dir's lock now ('' when nobody does), without taking it."""
+    if fcntl is None:
+        return ""
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDONLY)
+    except OSError:
+        return ""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return ""
+    except BlockingIOError:
+        return _read_holder(fd) or "another process"
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def _in_use(run_dir: Path, holder: str) -> str:
+    return (f"{run_dir} is being written by {holder or 'another process'}; two processes writing one "
+            f"run folder would corrupt it: wait for that one to end (or stop it), or choose another folder")
+
+
+# atomic_write's temporary files: ".NAME.XXXXXXXX.tmp" (tempfile.mkstemp's 8 random characters).
+_ORPHAN = re.compile(r"^\.(.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def _remove_orphans(run_dir: Path) -> None:
+    """Delete the temporaries a writer killed mid-write left beside the run's own files."""
+    own = {WEIGHTS, CONFIG, METRICS, checkpoint.CHECKPOINT}
+    for p in run_dir.iterdir():
+        m = _ORPHAN.match(p.name)
+        if m and m.group(1) in own and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def update_config(run_dir, **values) -> None:
@@ -97,13 +269,13 @@ def update_config(run_dir, **values) -> None:
 
 
 def write_metrics(run_dir, rows: list[dict]) -> None:
-    atomic_write(Path(run_dir) / METRICS, "".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write(Path(run_dir) / METRICS, "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))
 
 
 def append_metrics(run_dir, row: dict) -> None:
     path = Path(run_dir) / METRICS
     old = path.read_text() if path.exists() else ""
-    atomic_write(path, old + json.dumps(row) + "\n")
+    atomic_write(path, old + json.dumps(row, allow_nan=False) + "\n")
 
 
 def read_metrics(run_dir) -> list[dict]:
@@ -115,7 +287,7 @@ def read_metrics(run_dir) -> list[dict]:
         if line.strip():
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 raise RunError(f"{path} line {n} is not valid JSON; the metrics file is corrupt") from None
     return rows
 
@@ -127,14 +299,36 @@ def read_config(run_dir) -> dict:
                        f"'cnnlab train' printed (it holds {CONFIG} and {WEIGHTS})")
     path = run_dir / CONFIG
     if not path.is_file():
+        if (Path(run_dir) / LOCK).is_file():  # claimed, then stopped before its settings were written
+            raise RunError(f"{run_dir} holds no {CONFIG}: its training was stopped before it began, so nothing "
+                           f"was trained; start it again with 'cnnlab train --out {run_dir}' and its settings")
         raise RunError(f"{run_dir} is not a cnnlab run: {CONFIG} is missing")
     try:
         config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
         raise RunError(f"{path} is corrupt (not valid JSON); retrain or restore the run") from None
-    if not isinstance(config, dict) or "model" not in config:
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
         raise RunError(f"{path} does not name a model; it is not a cnnlab run config")
+    check_preprocessing(config, path)
     return config
+
+
+def check_preprocessing(config: dict, where, fix: str = "restore the file or train the run again") -> None:
+    """The classes and normalisation a model's inputs and outputs need (a run's config.json, an
+    exported file's metadata): a list of class names, a finite mean and a finite std > 0, or one
+    RunError line naming `where` and saying how to `fix` it."""
+    classes = config.get("classes")
+    if classes is not None and not (isinstance(classes, list) and len(classes) >= 2
+                                    and all(isinstance(c, str) for c in classes)):
+        raise RunError(f"{where}: 'classes' must be a list of at least 2 class names, got {_show(classes)}; {fix}")
+    norm = config.get("normalization")
+    if norm is None:
+        return
+    mean, std = (norm.get(k) if isinstance(norm, dict) else None for k in ("mean", "std"))
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (mean, std)) \
+            or std <= 0:
+        raise RunError(f"{where}: 'normalization' must hold a finite mean and a std greater than 0, got "
+                       f"{_show(norm)}; {fix}")
 
 
 @dataclass
@@ -205,6 +399,9 @@ def _load_weights(run_dir: Path, config: dict) -> torch.nn.Module:
         raise RunError(f"{run_dir / CONFIG} lacks 'normalization'; it is not a complete cnnlab run config")
     weights = run_dir / WEIGHTS
     if not weights.is_file():
+        if (run_dir / checkpoint.CHECKPOINT).is_file():
+            raise RunError(f"{run_dir} has no {WEIGHTS} yet: its training did not finish; finish it with "
+                           f"'cnnlab train --resume {run_dir}'")
         raise RunError(f"{run_dir} has no {WEIGHTS}; the run did not finish or the file was removed")
     try:
         state = load_file(str(weights))
@@ -217,6 +414,10 @@ def _load_weights(run_dir: Path, config: dict) -> torch.nn.Module:
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:300]
         raise RunError(f"{weights} does not fit model '{config['model']}': {detail}") from None
+    broken = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if broken:
+        raise RunError(f"{weights} holds NaN or infinite weights ({', '.join(broken[:3])}); the training that "
+                       f"wrote them diverged: train again with a lower --lr")
     return model
 
 
@@ -276,7 +477,7 @@ def shared_config(configs: list[dict], names: list[str]) -> dict:
 def _show(value) -> str:
     if isinstance(value, list) and len(value) > 4:
         return ",".join(map(str, value[:4])) + ",..."
-    return str(value)
+    return str(value)[:80]
 
 
 def ensemble_config(members: list[str], member_configs: list[dict], labels: list[str] | None = None,

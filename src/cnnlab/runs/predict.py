@@ -28,9 +28,9 @@ from PIL import Image, ImageFilter, ImageOps
 from scipy import ndimage
 
 from ..engine import data as data_mod
-from ..errors import CnnlabError
+from ..errors import CnnlabError, RunError
 from ..files import atomic_write
-from .folder import load
+from .folder import check_preprocessing, load
 
 # Bigger than any phone photo (a 48-megapixel camera is 8000x6000); larger files are refused
 # before their pixels are decoded, so a small "decompression bomb" cannot exhaust memory.
@@ -257,7 +257,11 @@ class Classifier:
             return self.session.run(None, {name: batch})[0]
 
     def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
-        return torch.from_numpy(self.logits(images_u8)).float().softmax(dim=1).numpy()
+        probs = torch.from_numpy(self.logits(images_u8)).float().softmax(dim=1).numpy()
+        if not np.isfinite(probs).all():  # never report "nan%" (nor send NaN, which is not JSON)
+            raise RunError(f"{self.source} gives NaN or infinite outputs (its weights are broken); train "
+                           f"the run again, or export it again")
+        return probs
 
 
 def load_classifier(path: str | os.PathLike, tta: bool = False) -> Classifier:
@@ -287,10 +291,31 @@ def _load_onnx(path: Path) -> Classifier:
     if "cnnlab" not in meta:
         raise CnnlabError(f"{path} has no cnnlab metadata (normalisation, classes); export it with "
                           f"'cnnlab export RUN_DIR --format onnx'")
-    info = json.loads(meta["cnnlab"])
-    return Classifier(str(path), list(info["classes"]), float(info["normalization"]["mean"]),
-                      float(info["normalization"]["std"]), dataset=info.get("dataset", "mnist"),
-                      session=session, metadata=info)
+    try:
+        info = json.loads(meta["cnnlab"])
+    except (ValueError, RecursionError):
+        info = None
+    where = f"{path}'s cnnlab metadata"
+    if not isinstance(info, dict) or not isinstance(info.get("classes"), list) or "normalization" not in info \
+            or not isinstance(info.get("dataset", ""), str):
+        raise RunError(f"{where} is not the JSON 'cnnlab export' writes (classes, normalization, dataset); "
+                       f"export the run again")
+    check_preprocessing(info, where, "export the run again")
+    outputs = session.get_outputs()[0].shape
+    if not outputs or outputs[-1] != len(info["classes"]):
+        raise RunError(f"{where} names {len(info['classes'])} classes but the model has {outputs[-1] if outputs else 'no'} "
+                       f"outputs; export the run again")
+    clf = Classifier(str(path), list(info["classes"]), float(info["normalization"]["mean"]),
+                     float(info["normalization"]["std"]), dataset=info.get("dataset", "mnist"),
+                     session=session, metadata=info)
+    try:  # one blank image through it: a graph that does not take 28x28 images, or NaN weights, fail here
+        clf.probabilities(np.zeros((1, data_mod.IMAGE_SIZE, data_mod.IMAGE_SIZE), np.uint8))
+    except CnnlabError:
+        raise
+    except Exception as e:  # onnxruntime's own exception types
+        raise RunError(f"{path} does not classify a 1x28x28 image ({' '.join(str(e).split())[:120]}); "
+                       f"export the run again with 'cnnlab export'") from None
+    return clf
 
 
 # --- files -> predictions -------------------------------------------------------------------------
