@@ -128,12 +128,28 @@ def _ids(paths) -> set:
     return ids
 
 
+def probe_dir(path: str | os.PathLike, flag: str = "--out", output=None) -> None:
+    """Refuse, before any work, a place nothing can be written to (read-only, /proc, no permission):
+    create and remove an empty file in `path`, or in its nearest existing parent folder. `output`
+    is what the user named, for the message."""
+    folder = Path(path)
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".cnnlab-probe.", suffix=".tmp")
+    except OSError as e:
+        raise OutputError(f"{flag} {output or path}: cannot write in {folder} ({e.strerror or e}); "
+                          f"{_hint(e.errno)}") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def check_outputs(paths, *, force: bool = False, inputs=(), flag: str = "--out",
                   parent_must_exist: bool = True) -> list[Path]:
     """Refuse, before any work, outputs whose writing could destroy something: an existing file
     (unless force), anything but a regular file (a link, folder, device or FIFO), or one of the
-    command's own `inputs` (never, not even with force)."""
-    checked, input_ids = [], None
+    command's own `inputs` (never, not even with force); and a place nothing can be written to."""
+    checked, input_ids, probed = [], None, set()
     for path in map(Path, paths):
         st = _lstat(path)
         if st is not None:
@@ -149,6 +165,9 @@ def check_outputs(paths, *, force: bool = False, inputs=(), flag: str = "--out",
                                   f"replace it")
         if parent_must_exist and not path.parent.is_dir():
             raise OutputError(f"{flag} {path}: folder {path.parent} does not exist; create it first")
+        if path.parent not in probed:
+            probe_dir(path.parent, flag, path)
+            probed.add(path.parent)
         checked.append(path)
     return checked
 

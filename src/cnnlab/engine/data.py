@@ -277,21 +277,26 @@ def image_files(root: Path, classes: list) -> tuple[list[tuple[str, int]], list[
     """(path, class index) of every image under root/<class>/, sorted as torchvision's ImageFolder
     sorts them, and "path: reason" for files left out.
 
-    Symbolic links to folders are followed, but each real folder is read once: a link back up the
-    tree (a loop) is not walked again, and two links to one folder do not read it twice. A file
-    reached twice (hard or symbolic links) is read once; FIFOs and devices are never opened.
+    Symbolic links to folders are followed, but each real folder is read once, and never the tree's
+    root or another class's folder: a link back up the tree (a loop) or across to another class is
+    not walked. A file reached twice (hard or symbolic links) is read once; FIFOs and devices are
+    never opened.
     """
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    seen_dirs, seen_files, found, skipped = set(), {}, [], []
+    def key(path) -> tuple:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+
+    seen_dirs = {key(root), *(key(root / c) for c in classes)}
+    seen_files, found, skipped = {}, [], []
     for label, c in enumerate(classes):
         walked = []
         for top, dirnames, filenames in os.walk(root / c, followlinks=True):
-            st = os.stat(top)
-            if (st.st_dev, st.st_ino) in seen_dirs:
-                dirnames[:] = []  # walked already (a loop or a second link): not again
+            if walked and key(top) in seen_dirs:
+                dirnames[:] = []  # walked already, or the root or a class folder: not (again) here
                 continue
-            seen_dirs.add((st.st_dev, st.st_ino))
+            seen_dirs.add(key(top))
             dirnames.sort()  # the first path to a folder reached twice is always the same one
             walked.append((top, sorted(f for f in filenames if f.lower().endswith(IMG_EXTENSIONS))))
         found += [(os.path.join(top, f), label) for top, names in sorted(walked) for f in names]
@@ -302,11 +307,11 @@ def image_files(root: Path, classes: list) -> tuple[list[tuple[str, int]], list[
         except OSError as e:  # a dangling link
             skipped.append(f"{path}: {e.strerror or e}")
             continue
-        key = (st.st_dev, st.st_ino)
-        if key in seen_files:
-            skipped.append(f"{path}: the same file as {seen_files[key]}, read once")
+        ident = (st.st_dev, st.st_ino)
+        if ident in seen_files:
+            skipped.append(f"{path}: the same file as {seen_files[ident]}, read once")
         elif stat.S_ISREG(st.st_mode):
-            seen_files[key] = path
+            seen_files[ident] = path
             samples.append((path, label))
         else:
             skipped.append(f"{path}: not a regular file")

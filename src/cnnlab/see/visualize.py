@@ -151,8 +151,7 @@ def check_out(out_dir, force: bool = False, inputs=()) -> Path:
     out = Path(out_dir)
     if os.path.lexists(out) and not out.is_dir():
         raise CnnlabError(f"--out {out} is a file; pass a folder for the figures")
-    if out.is_dir():
-        check_outputs([out / f"{name}.png" for name in FIGURES], force=force, inputs=inputs)
+    check_outputs([out / f"{name}.png" for name in FIGURES], force=force, inputs=inputs, parent_must_exist=False)
     return out
 
 

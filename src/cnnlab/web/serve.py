@@ -101,8 +101,7 @@ def number_rows(value, name: str, max_side: int) -> np.ndarray:
     try:
         return np.array(value, dtype=np.float64)
     except OverflowError:
-        raise RequestError(422, f"'{name}' holds an integer too large for a number; use values from "
-                                f"0 to 255") from None
+        raise RequestError(422, f"'{name}' holds an integer too large for a floating-point number") from None
 
 
 def _json_kind(v) -> str:
@@ -192,7 +191,8 @@ def parse_json(body: bytes) -> dict:
     except RecursionError:
         raise RequestError(400, "request JSON is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):  # JSONDecodeError, NaN/Infinity, huge integers
-        raise RequestError(400, "request body is not valid JSON") from None
+        raise RequestError(400, "request body is not valid JSON (NaN, Infinity and integers over 4,300 "
+                                "digits are refused too)") from None
     if not isinstance(payload, dict):
         raise RequestError(422, 'JSON body must be an object such as {"image": [[...28 numbers...], ...]}')
     return payload
