@@ -10,11 +10,9 @@ import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +26,7 @@ from cnnlab.engine import data
 from cnnlab.errors import DataError
 from cnnlab.runs.predict import to_mnist
 from conftest import DATA_DIR, SRC, assert_usage_error, run_cli, run_main
+from photos import rgba_png
 
 
 def env() -> dict:
@@ -169,22 +168,6 @@ def test_every_bad_request_is_a_json_4xx_and_the_connection_stays_usable(server,
         time.sleep(0.1)
     log = server.log.read_text()
     assert [line for line in log.splitlines() if "disconnected" in line] and "Traceback" not in log, log
-
-
-def rgba_png(side: int, bar: int) -> bytes:
-    """A side x side RGBA PNG, transparent except a black vertical bar `bar` pixels wide (a "1"):
-    written row by row, so the test never holds the decoded image (a 64-megapixel one is 256 MB)."""
-    def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    clear = b"\0" + b"\xff\xff\xff\x00" * side
-    left = (side - bar) // 2
-    ink = b"\0" + b"\xff\xff\xff\x00" * left + b"\x00\x00\x00\xff" * bar + b"\xff\xff\xff\x00" * (side - left - bar)
-    z, parts = zlib.compressobj(9), []
-    for y in range(side):
-        parts.append(z.compress(ink if side // 6 <= y < side - side // 6 else clear))
-    parts.append(z.flush())
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0))
-            + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -159,7 +159,8 @@ def _on_paper(img: Image.Image) -> Image.Image:
     carry (a white sheet made transparent stays white), unless that colour would hide the ink (a
     canvas cleared to transparent black under black strokes); then the shade that contrasts with
     the ink: white under dark strokes, black under light ones."""
-    la = img.convert("LA") if img.mode in ("LA", "La") else img.convert("RGBA").convert("LA")
+    # Straight to gray+alpha where Pillow can (no RGBA copy of an RGBA image: 4 bytes a pixel).
+    la = img.convert("LA") if img.mode in ("LA", "La", "RGBA") else img.convert("RGBA").convert("LA")
     gray, alpha = la.getchannel("L"), la.getchannel("A")
 
     def hist(keep) -> np.ndarray:  # the gray histogram of the pixels whose alpha passes `keep`
