@@ -68,6 +68,11 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON object on stdout")
 
 
+def add_force_flag(p: argparse.ArgumentParser, what: str = "the output file") -> None:
+    p.add_argument("--force", action="store_true",
+                   help=f"replace {what} if it exists (never a folder, link, device or one of the command's inputs)")
+
+
 def add_data_dir_flag(p: argparse.ArgumentParser, what: str = "dataset folder") -> None:
     p.add_argument("--data-dir", default=None, help=f"{what} (default $CNNLAB_DATA_DIR, else ./data)")
 

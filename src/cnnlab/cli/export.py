@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..runs.export import FORMATS, TOLERANCE, export
-from . import COMMANDS, add_json_flag, print_json
+from . import COMMANDS, add_force_flag, add_json_flag, print_json
 
 
 def add_parser(sub) -> None:
@@ -15,12 +15,13 @@ def add_parser(sub) -> None:
     p.add_argument("--format", default="onnx", choices=list(FORMATS), help="onnx (default) or torchscript")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="file to write (default RUN_DIR/model.onnx or RUN_DIR/model.pt)")
+    add_force_flag(p)
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    r = export(args.run_dir, args.format, args.out)
+    r = export(args.run_dir, args.format, args.out, force=args.force)
     if args.json:
         print_json(r)
         return 0

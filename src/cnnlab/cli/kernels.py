@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 
 from ..errors import CnnlabError
+from ..files import check_output
 from ..lecture import kernels
 from ..lecture.conv import matrix_text, parse_matrix
 from ..lecture.kernels import NAMED
 from ..see import gallery
-from . import COMMANDS, add_data_dir_flag, add_json_flag, positive_float, positive_int, print_json
+from . import COMMANDS, add_data_dir_flag, add_force_flag, add_json_flag, positive_float, positive_int, print_json
 
 
 def add_parser(sub) -> None:
@@ -26,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sigma", type=positive_float, default=1.0, help="standard deviation of the gaussian (default 1.0)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="draw the gallery into FILE (.png, .jpg, .svg or .pdf)")
+    add_force_flag(p)
     p.add_argument("--image", nargs="+", default=None, metavar="PATH",
                    help="images for the gallery rows (default: sample MNIST digits and, when scikit-image is "
                         "installed, its photographs camera, coins, astronaut)")
@@ -69,6 +71,8 @@ def run(args) -> int:
             print(f"{title} ({k.shape[0]}x{k.shape[1]}):\n{matrix_text(k)}")
         return 0
 
+    inputs = [*(args.image or []), *args.kernels]  # files the gallery reads; never written over
+    check_output(args.out, force=args.force, inputs=inputs)  # before any image is read
     errors, notes = [], []
     if args.image:
         pictures = []
@@ -83,7 +87,8 @@ def run(args) -> int:
         for note in notes:
             print(f"cnnlab kernels: note: {note}", file=sys.stderr)
     extra = [(title, k) for title, k in chosen]
-    g = gallery.gallery(pictures, args.out, extra=extra, size=args.size, sigma=args.sigma, errors=errors)
+    g = gallery.gallery(pictures, args.out, extra=extra, size=args.size, sigma=args.sigma, errors=errors,
+                        force=args.force, inputs=inputs)
     if args.json:
         print_json({"out": str(g.out), "columns": g.columns,
                     "rows": [{"name": p.name, "height": p.pixels.shape[0], "width": p.pixels.shape[1]} for p in g.rows],

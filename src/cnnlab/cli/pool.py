@@ -35,6 +35,7 @@ def add_parser(sub) -> None:
                    help="test on the first N test images (default 1000)")
     g.add_argument("--max-shift", type=positive_int, default=4, help="largest shift in pixels (default 4)")
     g.add_argument("--out", default=None, metavar="FILE.png", help="the plot (default RUN_DIR/invariance.png)")
+    g.add_argument("--force", action="store_true", help="replace the plot file if it exists")
     add_data_dir_flag(g)
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -76,7 +77,8 @@ def run(args) -> int:
 def _invariance(args) -> int:
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     r = invariance.measure(args.invariance, baseline_dir=args.baseline, out=args.out, limit=args.limit,
-                           max_shift=args.max_shift, limit_train=args.limit_train, data_dir=args.data_dir, log=log)
+                           max_shift=args.max_shift, limit_train=args.limit_train, data_dir=args.data_dir, log=log,
+                           force=args.force)
     rows, out = r["rows"], r["plot"]
     if args.json:
         print_json(r)

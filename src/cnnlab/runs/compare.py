@@ -21,7 +21,7 @@ from ..engine.models import get_spec
 from ..engine.processes import resolve_device
 from ..engine.train import checked, train
 from ..errors import CnnlabError
-from ..files import atomic_write
+from ..files import new_dir, write_output
 from ..lecture.params import summarize
 from .folder import test_split
 from .inference import accuracy
@@ -57,9 +57,7 @@ def compare(models: list[str] = DEFAULT_MODELS, config: TrainConfig | None = Non
     base = checked(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}))
     out = Path(out) if out is not None else None
     if out is not None:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise CnnlabError(f"--out {out} already exists and is not empty; choose a new folder")
-        out.mkdir(parents=True, exist_ok=True)
+        new_dir(out)  # a new or empty folder: the runs and tables go inside
     log = log or (lambda s: None)
     info = data_mod.dataset_info(base.dataset)
     train_split = data_mod.load(base.dataset, "train", data_dir, val_split=base.val_split).subset(base.limit_train)
@@ -76,8 +74,8 @@ def compare(models: list[str] = DEFAULT_MODELS, config: TrainConfig | None = Non
                         round(sum(e.seconds for e in result.epochs), 3), train_acc, test_acc,
                         train_acc - test_acc, str(result.run_dir) if result.run_dir else None))
     if out is not None:
-        atomic_write(out / "compare.csv", to_csv(rows))
-        atomic_write(out / "compare.md", to_markdown(rows, base))
+        write_output(out / "compare.csv", to_csv(rows))
+        write_output(out / "compare.md", to_markdown(rows, base))
     return rows
 
 

@@ -20,7 +20,7 @@ from ..engine.config import RESUME_MAY_CHANGE, TrainConfig, resume_flags
 from ..engine.processes import StopRequest
 from ..engine.train import checked, train
 from ..errors import CnnlabError, Interrupted, RunError
-from ..files import atomic_write, write_json
+from ..files import atomic_write, check_new_dir, make_dir, write_json
 from . import folder
 from .folder import CONFIG, ENSEMBLE, MEMBER, METRICS, WEIGHTS, ensemble_config, member_dirs, read_config, test_split
 from .inference import SHIFTS, TTA, EveryView, fraction_correct, log_mean_softmax
@@ -217,13 +217,10 @@ def assemble(run_dirs, out) -> Path:
     names = [MEMBER.format(k) for k in range(1, len(sources) + 1)]
     config = ensemble_config(names, configs, labels=[str(d) for d in sources],
                              sources=[str(d.resolve()) for d in sources])
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RunError(f"--out {out} already exists and is not empty; choose a new folder "
-                       f"(cnnlab never overwrites a run)")
+    out = check_new_dir(out)
     created = not out.exists()
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dir(out)
         for src, name in zip(sources, names):
             (out / name).mkdir()
             for f in (WEIGHTS, CONFIG, METRICS):

@@ -42,7 +42,7 @@ from ..engine import data as data_mod
 from ..engine.config import EVAL_CHUNK, TrainConfig
 from ..engine.models import build_model, get_spec
 from ..errors import DataError, RunError
-from ..files import atomic_write, write_json
+from ..files import atomic_write, make_dir, write_json
 from .inference import TTA, Ensemble, predict_logits
 
 WEIGHTS = "model.safetensors"
@@ -86,7 +86,7 @@ def new_run_dir(model: str, out: str | os.PathLike | None = None, log=None) -> "
                 path = base.with_name(f"{base.name}-{i}")
     path = Path(out)
     check_out(path)
-    path.mkdir(parents=True, exist_ok=True)
+    make_dir(path)
     lock = claim(path, log)
     try:
         check_out(path)  # written to between the first look and the lock
@@ -511,3 +511,12 @@ def load_members(run_dir: Path, config: dict, device) -> Ensemble:
         trained.append(load(d, device=device))
     shared_config([t.config for t in trained] + [config], [str(d) for d in dirs] + [str(run_dir)])
     return Ensemble([t.model for t in trained])
+
+
+def run_files(run_dir) -> list[Path]:
+    """The files of a run folder's format (weights, checkpoint, config, metrics, plans; members too):
+    a command's inputs, which none of its outputs may replace."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return [p for p in run_dir.rglob("*") if p.suffix in (".safetensors", ".json", ".jsonl")]

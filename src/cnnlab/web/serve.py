@@ -12,15 +12,22 @@ works offline) and a small JSON API:
   GET  /api/filters    the learned first-layer filters
   POST /api/kernel     a hand-designed or typed-in kernel applied to an image
 
-Every request error is a JSON {"error": "..."} with a 4xx status, and the server keeps serving.
+Every request error is a JSON {"error": "..."} with a 4xx status (404 and 405 too), the server
+keeps serving, and the client's keep-alive connection stays usable. Uploads are bounded three ways:
+5 MB per body, 16 megapixels per image (refused from the header, before decoding), and two image
+decodes at a time; a decoded image is reduced to about 1024 pixels per side before any float copy
+exists (engine/images.py), so memory stays bounded however many clients upload at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +38,35 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..engine.config import FOLDER
+from ..engine.images import gray_image
 from ..engine.models import count_parameters
 from ..errors import CnnlabError
 from ..lecture import conv, kernels
 from ..runs.folder import read_metrics
 from ..runs.predict import Classifier, ImageError, load_classifier, open_image, predict_images
 from ..see.explain import trace
-from ..see.gallery import downscale, to_gray
+from ..see.gallery import downscale
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_UPLOAD = 5 * 1024 * 1024           # bytes; larger requests get 413
+# An upload may declare at most this many pixels (a 5 MB PNG can declare 64 megapixels and decode
+# to 256 MB of RGBA); more is 413 before any pixel is decoded. A 16-megapixel photo is 4920x3264.
+MAX_PIXELS = 16_000_000
+# Uploads are decoded (and reduced, engine/images.py) on this many threads of their own; the rest
+# wait their turn. With MAX_PIXELS that bounds what uploads take to about DECODE_SLOTS x 120 MB (16
+# megapixels of RGBA plus its gray+alpha copy). Their own threads, not the request pool's 40: the C
+# allocator keeps freed memory per thread, so 40 threads that each once decoded a big image would
+# hold 40 times as much (measured: 1.4 GB peak for 8 uploads at once on the shared pool).
+DECODE_SLOTS = 2
+_DECODER = ThreadPoolExecutor(DECODE_SLOTS, thread_name_prefix="cnnlab-decode")
+KERNEL_LIMIT = 1e6                      # largest |value| in a typed kernel: the output stays finite
 PLAYGROUND_SIZE = 160                   # uploaded images are shrunk to this many pixels per side
+LOG = logging.getLogger("uvicorn.error")  # uvicorn's own log: same format, honours --log-level
 STATUS_FOR_KIND = {"not_image": 415, "too_large": 413, "empty": 400, "corrupt": 400, "blank": 400,
                    "unreadable": 400}
 
@@ -66,6 +89,30 @@ def named_kernels() -> dict[str, np.ndarray]:
 _MATRIX_TEXT = re.compile(r"[0-9eE+\-.,;\s]+")
 
 
+def number_rows(value, name: str, max_side: int) -> np.ndarray:
+    """A JSON 2-D array of numbers (rows of equal length, 1 to max_side each way) -> float64.
+
+    Checked value by value before numpy sees it: a string or a boolean is not a number, deeper
+    nesting is not a 2-D array, and an integer too big for a float is out of range - all 422.
+    """
+    if (not isinstance(value, list) or not 0 < len(value) <= max_side
+            or not all(isinstance(r, list) and 0 < len(r) <= max_side and len(r) == len(value[0]) for r in value)):
+        raise RequestError(422, f"'{name}' must be a 2-D array of numbers (1 to {max_side} rows of equal length)")
+    for row in value:
+        for v in row:
+            if type(v) not in (int, float):  # bool is a subclass of int: compare types exactly
+                raise RequestError(422, f"'{name}' must hold only numbers; found {_json_kind(v)}")
+    try:
+        return np.array(value, dtype=np.float64)
+    except OverflowError:
+        raise RequestError(422, f"'{name}' holds an integer too large for a floating-point number") from None
+
+
+def _json_kind(v) -> str:
+    kinds = {bool: "true/false", str: "a string", list: "a nested array", dict: "an object", type(None): "null"}
+    return kinds.get(type(v), type(v).__name__)
+
+
 def parse_kernel(value) -> tuple[str, np.ndarray]:
     """A kernel name, or a square matrix with odd side (JSON list or text rows "a b c; d e f; ...")."""
     if isinstance(value, str) and value.strip().lower() in kernels.NAMED:
@@ -80,15 +127,12 @@ def parse_kernel(value) -> tuple[str, np.ndarray]:
         except CnnlabError as e:
             raise RequestError(422, str(e)) from None
     else:
-        try:
-            k = np.asarray(value, np.float64)
-        except (ValueError, TypeError):
-            raise RequestError(422, "kernel must be a square matrix of numbers with an odd side (3x3, 5x5, 7x7)") from None
+        k = number_rows(value, "kernel", 7)
     if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0 or not 1 <= k.shape[0] <= 7:
         raise RequestError(422, f"kernel has shape {list(k.shape)}; it must be square with an odd side "
                                 f"from 1 to 7 (e.g. 3x3)")
-    if not np.isfinite(k).all():
-        raise RequestError(422, "kernel values must be finite numbers")
+    if not np.isfinite(k).all() or np.abs(k).max() > KERNEL_LIMIT:
+        raise RequestError(422, f"kernel values must be finite numbers from {-KERNEL_LIMIT:g} to {KERNEL_LIMIT:g}")
     return "custom", k.astype(np.float32)
 
 
@@ -127,12 +171,35 @@ async def read_body(request: Request) -> bytes:
         raise RequestError(413, f"upload is {int(declared) / 2**20:.1f} MB, over the {MAX_UPLOAD / 2**20:.0f} MB "
                                 f"limit; send a smaller image")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_UPLOAD:
-            raise RequestError(413, f"upload is over the {MAX_UPLOAD / 2**20:.0f} MB limit; send a smaller image")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_UPLOAD:
+                raise RequestError(413, f"upload is over the {MAX_UPLOAD / 2**20:.0f} MB limit; send a smaller image")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away: one log line, and nobody to answer
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        LOG.warning("%s disconnected during its upload to %s after %s bytes", client, request.url.path, f"{size:,}")
+        raise RequestError(400, "the client disconnected during the upload") from None
     return b"".join(chunks)
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(body: bytes) -> dict:
+    """A JSON object; anything else (invalid, NaN, too deep, integers past 4,300 digits) is 400/422."""
+    try:
+        payload = json.loads(body, parse_constant=_no_constants)
+    except RecursionError:
+        raise RequestError(400, "request JSON is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError, NaN/Infinity, huge integers
+        raise RequestError(400, "request body is not valid JSON (NaN, Infinity and integers over 4,300 "
+                                "digits are refused too)") from None
+    if not isinstance(payload, dict):
+        raise RequestError(422, 'JSON body must be an object such as {"image": [[...28 numbers...], ...]}')
+    return payload
 
 
 async def parse_upload(request: Request) -> tuple[str, object, dict]:
@@ -151,12 +218,7 @@ async def parse_upload(request: Request) -> tuple[str, object, dict]:
             raise RequestError(400, "multipart upload has no file field named 'file'")
         return "image", await upload.read(), dict(form)
     if ctype == "application/json":
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError(400, "request body is not valid JSON") from None
-        if not isinstance(payload, dict):
-            raise RequestError(422, 'JSON body must be an object such as {"image": [[...28 numbers...], ...]}')
+        payload = parse_json(body)
         return "json", payload, payload
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         return "image", body, dict(request.query_params)
@@ -166,18 +228,29 @@ async def parse_upload(request: Request) -> tuple[str, object, dict]:
 
 def array_image(value, size: int | None = 28, name: str = "image") -> np.ndarray:
     """A JSON 2-D array of 0-255 numbers -> float32; shape must be size x size when size is given."""
-    try:
-        a = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise RequestError(422, f"'{name}' must be a 2-D array of numbers (rows of equal length)") from None
+    a = number_rows(value, name, 1024)
     if size is not None and a.shape != (size, size):
         raise RequestError(422, f"'{name}' has shape {list(a.shape)}; expected [{size}, {size}] "
                                 f"(28 rows of 28 numbers 0-255, white digit on black)")
-    if a.ndim != 2 or min(a.shape) < 1 or max(a.shape) > 1024:
-        raise RequestError(422, f"'{name}' has shape {list(a.shape)}; expected a 2-D array up to 1024x1024")
     if not np.isfinite(a).all() or a.min() < 0 or a.max() > 255:
         raise RequestError(422, f"'{name}' values must be numbers from 0 to 255")
     return a.astype(np.float32)
+
+
+def wants(value) -> bool:
+    """A yes/no field (features=1, true, yes)."""
+    return value is True or (isinstance(value, (str, int)) and str(value).lower() in ("1", "true", "yes"))
+
+
+async def decoded(payload: bytes, use):
+    """use(the uploaded image), on the decode threads: the decode and everything done with the
+    full-size pixels is where an upload's memory goes."""
+    def job():
+        try:
+            return use(open_image(payload, name="upload", max_pixels=MAX_PIXELS))
+        except ImageError as e:
+            raise _image_error(e) from None
+    return await asyncio.wrap_future(_DECODER.submit(job))
 
 
 def _image_error(e: ImageError) -> RequestError:
@@ -186,14 +259,23 @@ def _image_error(e: ImageError) -> RequestError:
 
 # --- the app --------------------------------------------------------------------------------------
 
+def _public(name: str | None) -> str | None:
+    """A run's source or folder dataset without the server's folders: its last part only."""
+    if name and name.startswith(FOLDER):
+        return FOLDER + Path(name[len(FOLDER):]).name
+    return Path(name).name if name else name
+
+
 def model_info(clf: Classifier) -> dict:
-    info = {"source": clf.source, "classes": clf.classes,
+    """What /api/model tells any client; no server file path (a run or dataset is named by its
+    folder's own name)."""
+    info = {"source": _public(clf.source), "classes": clf.classes,
             "normalization": {"mean": clf.mean, "std": clf.std}, "input": [1, 28, 28],
             "max_upload_bytes": MAX_UPLOAD, "kernels": list(named_kernels()), "cnnlab": __version__}
     if clf.trained is not None:
         t = clf.trained
         metrics = read_metrics(t.run_dir) if t.run_dir else []
-        info.update(model=t.name, dataset=t.config.get("dataset"),
+        info.update(model=t.name, dataset=_public(t.config.get("dataset")),
                     parameters=count_parameters(t.model),
                     # An ensemble has no training metrics; its evaluation sits in its config.
                     test_accuracy=(metrics[-1].get("test_accuracy") if metrics
@@ -202,9 +284,36 @@ def model_info(clf: Classifier) -> dict:
                     conv_layers=[{"module": n, "in_channels": m.in_channels, "out_channels": m.out_channels,
                                   "kernel_size": list(m.kernel_size)} for n, m in conv_layers(t.model)])
     else:
-        info.update(model=(clf.metadata or {}).get("model"), dataset=(clf.metadata or {}).get("dataset"),
+        info.update(model=(clf.metadata or {}).get("model"), dataset=_public((clf.metadata or {}).get("dataset")),
                     conv_layers=[])
     return info
+
+
+class CatchAll:
+    """A bug while answering must not cost the client its connection: Starlette's last-resort
+    handler re-raises after answering 500, and uvicorn then closes the keep-alive connection. This
+    logs the traceback once, answers 500 JSON (without details) and returns normally."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            LOG.exception("internal error answering %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await JSONResponse({"error": "internal error; the server's log has the details"},
+                                   status_code=500)(scope, receive, send)
 
 
 def create_app(model: str | Path | Classifier) -> FastAPI:
@@ -212,6 +321,7 @@ def create_app(model: str | Path | Classifier) -> FastAPI:
     info = model_info(clf)
     app = FastAPI(title="cnnlab", version=__version__, docs_url="/api/docs", redoc_url=None)
     app.state.classifier = clf
+    app.add_middleware(CatchAll)
     _add_pages(app, info)
     _add_model_routes(app, clf)
     _add_kernel_route(app)
@@ -225,9 +335,10 @@ def _add_pages(app: FastAPI, info: dict) -> None:
     async def request_error(request, exc: RequestError):
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request, exc: Exception):  # a bug must not take the server down
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):  # 404, 405: the same {"error": ...} shape
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {exc.detail.lower()}"},
+                            status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -255,7 +366,8 @@ def _add_model_routes(app: FastAPI, clf: Classifier) -> None:
     @app.post("/api/predict")
     async def api_predict(request: Request):
         kind, payload, fields = await parse_upload(request)
-        want_features = str(request.query_params.get("features", fields.get("features", "0"))).lower() in ("1", "true", "yes")
+        want_features = wants(request.query_params.get("features", fields.get("features", "0")))
+        upload = await decoded(payload, lambda pil: clf.prepare(pil, name="upload")) if kind == "image" else None
 
         def work():
             if kind == "json":
@@ -263,10 +375,7 @@ def _add_model_routes(app: FastAPI, clf: Classifier) -> None:
                     raise RequestError(422, 'JSON body needs an "image" field: 28 rows of 28 numbers 0-255')
                 img = np.round(array_image(payload["image"])).astype(np.uint8)
             else:
-                try:
-                    img = clf.prepare(open_image(payload, name="upload"), name="upload")
-                except ImageError as e:
-                    raise _image_error(e) from None
+                img = upload
             result = predict_images(clf, img[None], top_k=len(clf.classes))[0]
             result["image"] = img.tolist()
             if want_features:
@@ -281,6 +390,7 @@ def _add_kernel_route(app: FastAPI) -> None:
     @app.post("/api/kernel")
     async def api_kernel(request: Request):
         kind, payload, fields = await parse_upload(request)
+        upload = await decoded(payload, lambda pil: np.asarray(gray_image(pil), np.float64)) if kind == "image" else None
 
         def work():
             if kind == "json":
@@ -288,12 +398,7 @@ def _add_kernel_route(app: FastAPI) -> None:
                     raise RequestError(422, 'JSON body needs an "image" field (2-D array of 0-255) and a "kernel"')
                 img = array_image(payload["image"], size=None)
             else:
-                try:
-                    pil = open_image(payload, name="upload")
-                except ImageError as e:
-                    raise _image_error(e) from None
-                pixels = downscale(to_gray(np.asarray(pil.convert("L"))), PLAYGROUND_SIZE)
-                img = pixels * 255.0
+                img = downscale(upload / 255.0, PLAYGROUND_SIZE) * 255.0
             name, k = parse_kernel(fields.get("kernel", "sobel-x"))
             out = kernels.apply(img / 255.0, k)
             return {"kernel_name": name, "kernel": k.tolist(), "input": np.round(img).astype(int).tolist(),
