@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..see.visualize import render, write
+import cnnlab
+
 from . import COMMANDS, add_data_dir_flag, add_json_flag, positive_int, print_json
 
 
@@ -47,14 +48,14 @@ def add_parser(sub) -> None:
 
 
 def render_args(args):
-    return render(args.run_dir, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
+    return cnnlab.visualize(args.run_dir, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
                   mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json)
 
 
 def run(args) -> int:
     v = render_args(args)
     out = Path(args.out) if args.out else Path(args.run_dir) / "figures"
-    paths = write(v, out)
+    paths = cnnlab.write_figures(v, out)
     if args.json:
         print_json(v.to_json(paths))
         return 0
