@@ -76,8 +76,12 @@ def test_cli_recipe_with_override_and_target(data_dir, tmp_path):
     report = json.loads(r.stdout)
     assert report["recipe"] == "fast" and report["model"] == "fast_cnn"
     assert report["target_reached"] is True and report["test_accuracy"] >= 0.85
-    saved = json.loads((out / "config.json").read_text())["recipe"]
+    config = json.loads((out / "config.json").read_text())
+    saved = config["recipe"]
     assert saved["recipe"] == "fast" and saved["epochs"] == 2 and saved["batch_size"] == recipes.RECIPES["fast"]["batch_size"]
+    # What was asked (auto) and what autocast used on this machine, as the run reported it.
+    assert config["precision"] == {"asked": "auto", "used": resolve_precision("auto", torch.device("cpu"))}
+    assert report["precision"] == config["precision"]["used"]
     assert "reached 85.00% test accuracy after" in r.stderr
     assert "training fast_cnn (32,394 parameters, 31,978 of them trained)" in r.stderr
     # fast_cnn's first conv was computed from the first 2,000 training images and never trained.
@@ -91,8 +95,9 @@ def test_precision_and_layout_are_recorded_and_fp32_still_trains(data_dir, tmp_p
                                          channels_last=False), data_dir=data_dir, out=tmp_path / "r",
                           progress=False, log=None)
     assert result.precision == "fp32" and result.test_accuracy > 0.7
-    saved = json.loads((tmp_path / "r" / "config.json").read_text())["recipe"]
-    assert saved["precision"] == "fp32" and saved["channels_last"] is False
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["recipe"]["precision"] == "fp32" and config["recipe"]["channels_last"] is False
+    assert config["precision"] == {"asked": "fp32", "used": "fp32"}
     # The saved weights load back into an ordinary (NCHW, fp32) model with the same accuracy.
     assert evaluate(tmp_path / "r", data_dir=data_dir, limit=500)["accuracy"] == pytest.approx(result.test_accuracy)
 

@@ -149,7 +149,7 @@ def train(config: TrainConfig | None = None, *, data_dir=None, out=None, save: b
         if saved is not None:
             run.restore(Path(resume), *saved)
         elif save and procs.main:
-            run.run_dir = folder.new_run(cfg, run.info, run.parameters, out)
+            run.run_dir = folder.new_run(cfg, run.info, run.parameters, out, run.precision)
         return run.loop(progress and procs.main)
     finally:
         if procs.owns_group:
@@ -269,6 +269,10 @@ class _Run:
             folder.write_metrics(run_dir, [asdict(e) for e in self.result.epochs])
             if self.cfg.epochs != state["config"]["epochs"]:
                 folder.update_config(run_dir, recipe=asdict(self.cfg))
+            used = (folder.read_config(run_dir).get("precision") or {}).get("used")
+            if used and used != self.precision:  # resumed where `auto` means another precision
+                folder.update_config(run_dir, precision={"asked": self.cfg.precision, "used": self.precision,
+                                                         "used_before_resume": used})
         self.log(f"resuming {run_dir} at epoch {self.epoch + 1}, step {self.step}/{self.steps}")
 
     def loop(self, progress: bool) -> TrainResult:

@@ -73,8 +73,11 @@ def new_run_dir(model: str, out: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def new_run(cfg, info, parameters: int, out=None) -> Path:
-    """Create a run folder for a training that starts now, with its config.json."""
+def new_run(cfg, info, parameters: int, out=None, precision: str | None = None) -> Path:
+    """Create a run folder for a training that starts now, with its config.json.
+
+    precision: what autocast uses ("bf16" or "fp32"); the recipe keeps what was asked ("auto").
+    """
     run_dir = new_run_dir(cfg.model, out)
     write_json(run_dir / CONFIG, {
         "model": cfg.model,
@@ -84,6 +87,7 @@ def new_run(cfg, info, parameters: int, out=None) -> Path:
         "input_size": [1, data_mod.IMAGE_SIZE, data_mod.IMAGE_SIZE],
         "normalization": {"mean": info.mean, "std": info.std},
         "parameters": parameters,
+        "precision": {"asked": cfg.precision, "used": precision or cfg.precision},
         "recipe": asdict(cfg),
         "seed": cfg.seed,
         "created": datetime.now().isoformat(timespec="seconds"),
