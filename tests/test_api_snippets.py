@@ -101,3 +101,9 @@ def test_what_a_loaded_run_cannot_take_is_one_clear_error(quick_run, images, mes
     with pytest.raises(CnnlabError) as e:
         cnnlab.load(quick_run.run_dir).predict_proba(images)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_docs_api_md_names_every_public_name():
+    text = (ROOT / "docs" / "api.md").read_text()
+    missing = [name for name in cnnlab.__all__ if name != "__version__" and f"`cnnlab.{name}" not in text]
+    assert not missing, f"docs/api.md does not describe cnnlab.{', cnnlab.'.join(missing)}"
