@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
+import time
 from dataclasses import asdict
 
 import pytest
@@ -14,7 +18,7 @@ import cnnlab
 from cnnlab.engine import config as recipes
 from cnnlab.engine.config import TrainConfig
 from cnnlab.engine.models import build_model
-from cnnlab.engine.processes import resolve_precision
+from cnnlab.engine.processes import choose_threads, idle_cpus, resolve_precision
 from cnnlab.runs.evaluate import evaluate
 from conftest import ROOT, run_cli
 
@@ -98,6 +102,7 @@ def test_precision_and_layout_are_recorded_and_fp32_still_trains(data_dir, tmp_p
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["recipe"]["precision"] == "fp32" and config["recipe"]["channels_last"] is False
     assert config["precision"] == {"asked": "fp32", "used": "fp32"}
+    assert config["threads"] == {"asked": None, "used": result.threads} and result.threads >= 1
     # The saved weights load back into an ordinary (NCHW, fp32) model with the same accuracy.
     assert evaluate(tmp_path / "r", data_dir=data_dir, limit=500)["accuracy"] == pytest.approx(result.test_accuracy)
 
@@ -124,3 +129,25 @@ def test_bf16_when_asked_for_trains_and_reports_the_float32_accuracy(data_dir, t
                           data_dir=data_dir, out=tmp_path / "r", progress=False, log=None)
     assert result.precision == "bf16" and result.test_accuracy > 0.7
     assert evaluate(tmp_path / "r", data_dir=data_dir, limit=500)["accuracy"] == result.test_accuracy
+
+
+SPIN = "import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def test_threads_are_the_cores_other_jobs_leave_idle(monkeypatch):
+    # Beside busy processes a training must not spread over their cores: each OpenMP barrier would
+    # wait for a thread the scheduler put aside (docs/benchmarks.md: 5-100x slower than 1 thread).
+    cpu, cores = torch.device("cpu"), len(os.sched_getaffinity(0))
+    assert choose_threads(3, cpu) == 3  # --threads wins
+    busy = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        idle, chosen = idle_cpus(), choose_threads(None, cpu)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert 0 <= idle <= cores - 1.5, idle  # two cores' worth of work was seen
+    assert 1 <= chosen <= max(1, cores - 2), (chosen, cores)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting: PyTorch's choice stands
+    assert choose_threads(None, cpu) == torch.get_num_threads()

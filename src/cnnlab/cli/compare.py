@@ -11,7 +11,7 @@ from rich.table import Table
 
 import cnnlab
 
-from ..engine.config import COMPARE_MODELS, DATASET_NAMES, MODELS, TrainConfig
+from ..engine.config import COMPARE_MODELS, DATASET_NAMES, MODELS, TrainConfig, settings
 from . import COMMANDS, add_data_dir_flag, add_json_flag, positive_float, positive_int, print_json
 from .output import console
 
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=positive_float, default=d.lr, help=f"learning rate (default {d.lr})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed, the same for every model (default {d.seed})")
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda", "mps"], help="where to train (default auto)")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help=settings()["threads"].help)
     p.add_argument("--limit-train", type=positive_int, default=None, metavar="N", help="train on the first N images only")
     p.add_argument("--limit-test", type=positive_int, default=None, metavar="N", help="test on the first N images only")
     p.add_argument("--out", default=None, help="folder for the runs and tables (default runs/compare-<date-time>/)")

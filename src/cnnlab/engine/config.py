@@ -138,9 +138,10 @@ class TrainConfig:
     optimizer: str = setting("adam", "optimiser", choices=tuple(OPTIMIZERS))
     weight_decay: float = setting(0.0, "weight decay", low=0, high=10)
     schedule: str = setting("constant", "learning-rate schedule", choices=tuple(SCHEDULES))
-    seed: int = setting(0, "random seed; the same seed on a CPU gives identical runs", low=0, high=MAX_SEED)
+    seed: int = setting(0, "random seed; the same seed and thread count on a CPU give identical runs", low=0, high=MAX_SEED)
     device: str = setting("auto", "where to train", choices=tuple(DEVICES))
-    threads: int | None = setting(None, "CPU threads for PyTorch (default: PyTorch's choice)", low=1, high=1024)
+    threads: int | None = setting(None, "CPU threads for PyTorch (default: the cores idle when training starts, "
+                                        "at most PyTorch's choice; a resume keeps the run's count)", low=1, high=1024)
     limit_train: int | None = setting(None, "train on the first N images only", low=1, metavar="N")
     limit_test: int | None = setting(None, "evaluate on the first N test images only", low=1, metavar="N")
     recipe: str = setting("lecture", "the named set of settings this run started from", cli=False)

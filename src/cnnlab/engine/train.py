@@ -31,7 +31,8 @@ from ..runs.inference import accuracy
 from . import augment, checkpoint, data
 from .config import FOLDER, RESUME_MAY_CHANGE, TrainConfig, resume_flags
 from .models import build_model, count_parameters
-from .processes import StopRequest, interrupted, resolve_device, resolve_precision, start_processes
+from .processes import (StopRequest, choose_threads, interrupted, resolve_device, resolve_precision,
+                        start_processes)
 
 # Training images a model's init_from_data sees (the first ones: no randomness). For fast_cnn's
 # whitened first conv, 2,000 MNIST images give 392,000 patches, and 10,000 the same accuracy.
@@ -99,6 +100,7 @@ class TrainResult:
     parameters: int = 0
     model: torch.nn.Module | None = None
     precision: str = "fp32"
+    threads: int = 0                      # CPU threads used (--threads, else the cores idle at the start)
     train_seconds: float = 0.0            # training + periodic evaluation, excluding data loading
     target_seconds: float | None = None   # when --target-accuracy was met: seconds to get there
     target_images: int | None = None      # ... and the training images seen until then
@@ -113,6 +115,7 @@ class TrainResult:
             "parameters": self.parameters,
             "test_accuracy": self.test_accuracy,
             "precision": self.precision,
+            "threads": self.threads,
             "train_seconds": self.train_seconds,
             "target_accuracy": self.config.target_accuracy,
             "target_reached": None if self.config.target_accuracy is None else self.target_seconds is not None,
@@ -144,14 +147,19 @@ def train(config: TrainConfig | None = None, *, data_dir=None, out=None, save: b
     else:
         cfg = checked(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}))
     procs = start_processes(cfg)
+    # A resumed run keeps the thread count it started with (unless --threads says otherwise): the
+    # same count is what makes it bit for bit the uninterrupted run.
+    threads = cfg.threads or (((folder.read_config(resume).get("threads") or {}).get("used")) if resume else None)
+    threads_before = torch.get_num_threads()
     try:
-        run = _Run(cfg, procs, data_dir, (log if procs.main else None) or (lambda s: None))
+        run = _Run(cfg, procs, data_dir, (log if procs.main else None) or (lambda s: None), threads)
         if saved is not None:
             run.restore(Path(resume), *saved)
         elif save and procs.main:
-            run.run_dir = folder.new_run(cfg, run.info, run.parameters, out, run.precision)
+            run.run_dir = folder.new_run(cfg, run.info, run.parameters, out, run.precision, run.threads)
         return run.loop(progress and procs.main)
     finally:
+        torch.set_num_threads(threads_before)  # the caller's process as it was
         if procs.owns_group:
             torch.distributed.destroy_process_group()
 
@@ -192,10 +200,10 @@ def _progress(enabled: bool) -> Progress:
 class _Run:
     """One training: its data, network, optimiser and position, and the loop that moves it on."""
 
-    def __init__(self, cfg: TrainConfig, procs, data_dir, log):
+    def __init__(self, cfg: TrainConfig, procs, data_dir, log, threads: int | None = None):
         self.cfg, self.procs, self.log, self.device = cfg, procs, log, procs.device
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.threads = choose_threads(threads, self.device)
+        torch.set_num_threads(self.threads)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self._load_data(data_dir)
@@ -219,7 +227,8 @@ class _Run:
         self.forward = torch.compile(self.forward) if cfg.compile else self.forward
         self.steps = self._steps_per_epoch()
         self.scheduler = _scheduler(self.optimizer, cfg, self.steps * cfg.epochs)
-        self.result = TrainResult(cfg, None, parameters=self.parameters, model=self.model, precision=self.precision)
+        self.result = TrainResult(cfg, None, parameters=self.parameters, model=self.model, precision=self.precision,
+                                  threads=self.threads)
         # Where training stands: epochs done, step within the next one, and early stopping's memory.
         self.epoch, self.step, self.loss_before, self.seconds_before = 0, 0, 0.0, 0.0
         self.best, self.best_acc, self.bad_epochs = None, -1.0, 0
@@ -269,10 +278,12 @@ class _Run:
             folder.write_metrics(run_dir, [asdict(e) for e in self.result.epochs])
             if self.cfg.epochs != state["config"]["epochs"]:
                 folder.update_config(run_dir, recipe=asdict(self.cfg))
-            used = (folder.read_config(run_dir).get("precision") or {}).get("used")
-            if used and used != self.precision:  # resumed where `auto` means another precision
-                folder.update_config(run_dir, precision={"asked": self.cfg.precision, "used": self.precision,
-                                                         "used_before_resume": used})
+            # Resumed where `auto` means another precision, or with another --threads: record both.
+            for key, now in (("precision", self.precision), ("threads", self.threads)):
+                used = (folder.read_config(run_dir).get(key) or {}).get("used")
+                if used and used != now:
+                    folder.update_config(run_dir, **{key: {"asked": getattr(self.cfg, key), "used": now,
+                                                           "used_before_resume": used}})
         self.log(f"resuming {run_dir} at epoch {self.epoch + 1}, step {self.step}/{self.steps}")
 
     def loop(self, progress: bool) -> TrainResult:
@@ -414,6 +425,7 @@ class _Run:
                 + (f"{len(self.val_split):,} validation / " if self.val_split is not None else "")
                 + f"{len(self.test_split):,} test images, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, "
                 f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, device {self.device}, {self.precision}"
+                + (f", {self.threads} thread{'s' if self.threads != 1 else ''}" if self.device.type == "cpu" else "")
                 + (f", {self.procs.world} processes" if self.procs.world > 1 else "")
                 + (f", augment {cfg.augment}" if cfg.augment != "none" else "")
                 + (f", until {cfg.target_accuracy:.2%} test accuracy" if cfg.target_accuracy else ""))

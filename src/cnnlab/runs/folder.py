@@ -75,10 +75,11 @@ def new_run_dir(model: str, out: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def new_run(cfg, info, parameters: int, out=None, precision: str | None = None) -> Path:
+def new_run(cfg, info, parameters: int, out=None, precision: str | None = None, threads: int | None = None) -> Path:
     """Create a run folder for a training that starts now, with its config.json.
 
-    precision: what autocast uses ("bf16" or "fp32"); the recipe keeps what was asked ("auto").
+    precision: what autocast uses ("bf16" or "fp32"); threads: the CPU threads it trains with. The
+    recipe keeps what was asked (precision "auto", threads None: chosen when training starts).
     """
     run_dir = new_run_dir(cfg.model, out)
     write_json(run_dir / CONFIG, {
@@ -90,6 +91,7 @@ def new_run(cfg, info, parameters: int, out=None, precision: str | None = None) 
         "normalization": {"mean": info.mean, "std": info.std},
         "parameters": parameters,
         "precision": {"asked": cfg.precision, "used": precision or cfg.precision},
+        "threads": {"asked": cfg.threads, "used": threads or cfg.threads},
         "recipe": asdict(cfg),
         "seed": cfg.seed,
         "created": datetime.now().isoformat(timespec="seconds"),
