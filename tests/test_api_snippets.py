@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from importlib import import_module
 
 import numpy as np
 import pytest
@@ -22,20 +23,18 @@ DOCS = [ROOT / "README.md", ROOT / "docs" / "api.md"]
 SNIPPETS = [(path, block) for path in DOCS for info, block in code_blocks(path) if info == "python"]
 
 
+# The names the snippets use without importing them: docs/api.md lists the functions behind the
+# commands by name (their import paths are not part of the stable API), and an array of images.
+SCOPE = {"summarize": "cnnlab.engine.summary", "lecture": "cnnlab.lecture.params", "conv2d": "cnnlab.lecture.conv",
+         "conv2d_layer": "cnnlab.lecture.conv", "apply": "cnnlab.lecture.kernels", "get": "cnnlab.lecture.kernels",
+         "pool2d": "cnnlab.lecture.pool", "compare": "cnnlab.runs.compare", "render": "cnnlab.see.visualize",
+         "write": "cnnlab.see.visualize", "build": "cnnlab.see.report", "load_classifier": "cnnlab.runs.predict",
+         "predict_files": "cnnlab.runs.predict", "to_mnist": "cnnlab.runs.predict", "open_image": "cnnlab.runs.predict"}
+
+
 def scope(images: np.ndarray) -> dict:
-    """The names the snippets use without importing them: docs/api.md lists the functions behind the
-    commands by name (their import paths are not part of the stable API) and an array of images."""
-    from cnnlab.engine.summary import summarize
-    from cnnlab.lecture.conv import conv2d, conv2d_layer
-    from cnnlab.lecture.kernels import apply, get
-    from cnnlab.lecture.params import lecture
-    from cnnlab.lecture.pool import pool2d
-    from cnnlab.runs.compare import compare
-    from cnnlab.runs.predict import load_classifier, open_image, predict_files, to_mnist
-    from cnnlab.see.report import build
-    from cnnlab.see.visualize import render, write
-    names = dict(locals())
-    return {**names, "np": np, "images_uint8": images}
+    return {**{name: getattr(import_module(module), name) for name, module in SCOPE.items()},
+            "np": np, "images_uint8": images}
 
 
 @pytest.fixture

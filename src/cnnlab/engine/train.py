@@ -31,8 +31,7 @@ from ..runs.inference import accuracy
 from . import augment, checkpoint, data
 from .config import FOLDER, RESUME_MAY_CHANGE, TrainConfig, resume_flags
 from .models import build_model, count_parameters
-from .processes import (StopRequest, choose_threads, interrupted, resolve_device, resolve_precision,
-                        start_processes)
+from .processes import StopRequest, choose_threads, interrupted, resolve_device, resolve_precision, start_processes
 
 # Training images a model's init_from_data sees (the first ones: no randomness). For fast_cnn's
 # whitened first conv, 2,000 MNIST images give 392,000 patches, and 10,000 the same accuracy.
