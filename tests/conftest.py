@@ -1,4 +1,4 @@
-"""Shared fixtures: the real datasets in ../shared/datasets, a CLI runner, one quick trained run."""
+"""Shared fixtures: the real datasets where the CLI finds them, a CLI runner, one quick trained run."""
 
 from __future__ import annotations
 
@@ -12,10 +12,15 @@ from playwright.sync_api import sync_playwright
 
 import cnnlab
 from cnnlab.cli import main
+from cnnlab.engine import data
+from cnnlab.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-DATA_DIR = Path(os.environ.get("CNNLAB_DATA_DIR") or ROOT.parent / "shared" / "datasets").resolve()
+# Where `cnnlab train` reads and downloads the datasets: $CNNLAB_DATA_DIR, else ./data (the
+# engine's data_dir() decides, for the CLI and the tests alike; CI points it at its shared copy).
+DATA_DIR = data.data_dir().resolve()
+TEST_DATASETS = ("mnist", "fashion-mnist")
 
 # Settings that make one epoch on 6,000 images reach >= 95% with simple_cnn on the first 2,000 test
 # images (measured: 95.3% with the engine's bf16 autocast, 95.7-95.9% in fp32 over seeds 0-2); the
@@ -42,8 +47,13 @@ def assert_usage_error(code: int, stderr: str, message: str) -> None:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    if not (DATA_DIR / "MNIST" / "raw").is_dir():
-        pytest.fail(f"real datasets not found at {DATA_DIR}; set CNNLAB_DATA_DIR (see README)")
+    """The real MNIST and Fashion-MNIST files, found (or, where missing and the network is there,
+    downloaded) the way `cnnlab train` does it."""
+    try:
+        for name in TEST_DATASETS:
+            data.ensure_files(data.dataset_info(name), DATA_DIR)
+    except DataError as e:
+        pytest.fail(f"real datasets not found: {e}", pytrace=False)
     return DATA_DIR
 
 

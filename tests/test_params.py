@@ -6,7 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from cnnlab.engine.models import build_model, model_names
+from cnnlab.engine import summary
+from cnnlab.engine.models import SimpleCNN, build_model, model_names
 from cnnlab.lecture import params
 from conftest import assert_usage_error, run_cli, run_main
 
@@ -35,17 +36,46 @@ def test_resolution_table_shows_the_explosion():
     assert rows[224]["cnn_parameters"] == 4_800 + 32 * 56 * 56 * 128 + 128 + 1_290
 
 
+def simple_cnn_at(side: int) -> torch.nn.Module:
+    """The real simple_cnn for side x side inputs: same layers, the first linear layer widened to fit."""
+    with torch.device("meta"):
+        model = SimpleCNN()
+        model.classifier[1] = torch.nn.Linear(32 * (side // 4) ** 2, 128)
+    return model
+
+
+def test_the_lectures_arithmetic_is_what_the_real_modules_hold():
+    # lecture/params.py does the arithmetic by hand (no torch); the modules must agree with it.
+    L = params.lecture()
+    real = summary.summarize("simple_cnn")
+    with_params = [r for r in real.layers if r.parameters]
+    assert [s["layer"] for s in L["simple_cnn"]["layers"]] == [f"{r.name} {r.kind}({r.details})" for r in with_params]
+    assert [s["parameters"] for s in L["simple_cnn"]["layers"]] == [r.parameters for r in with_params]
+    assert (L["simple_cnn"]["parameters"], L["simple_cnn"]["macs"]) == (real.parameters, real.macs)
+    for key in ("mnist_fc", "imagenet_fc"):
+        sizes = L[key]["sizes"]
+        with torch.device("meta"):
+            fc = [torch.nn.Linear(a, b) for a, b in zip(sizes, sizes[1:])]
+        assert L[key]["parameters"] == sum(p.numel() for layer in fc for p in layer.parameters())
+    for row in params.resolution_table():
+        side = row["side"]
+        s = summary.summarize(simple_cnn_at(side), (1, side, side))
+        assert (row["cnn_parameters"], row["cnn_macs"]) == (s.parameters, s.macs), side
+        assert row["cnn_conv_parameters"] == sum(r.parameters for r in s.layers if r.kind == "Conv2d")
+    assert params.resolution_table([28])[0]["fc_parameters"] == summary.summarize("mlp").parameters
+
+
 @pytest.mark.parametrize("name", model_names())
 def test_summary_equals_real_module_counts(name):
-    s = params.summarize(name)
+    s = summary.summarize(name)
     real = sum(p.numel() for p in build_model(name).parameters())
     assert s.parameters == real == sum(r.parameters for r in s.layers)
     assert s.layers[-1].output_shape == [10]
 
 
 def test_lenet5_and_simple_cnn_by_hand():
-    assert params.summarize("lenet5").parameters == 61_706
-    s = params.summarize("simple_cnn")
+    assert summary.summarize("lenet5").parameters == 61_706
+    s = summary.summarize("simple_cnn")
     by_name = {r.name: r for r in s.layers}
     assert by_name["features.0"].output_shape == [16, 28, 28]
     assert by_name["features.0"].macs == 28 * 28 * 16 * 9
@@ -58,7 +88,7 @@ def test_lenet5_and_simple_cnn_by_hand():
 def test_torchvision_alexnet_reference():
     with torch.device("meta"):
         alexnet = torchvision.models.alexnet()
-    s = params.summarize(alexnet, (3, 224, 224))
+    s = summary.summarize(alexnet, (3, 224, 224))
     assert s.parameters == 61_100_840
     first = s.layers[0]
     assert first.output_shape == [64, 55, 55]
@@ -68,7 +98,7 @@ def test_torchvision_alexnet_reference():
 
 
 def test_other_input_channels():
-    s = params.summarize("simple_cnn", (3, 28, 28))
+    s = summary.summarize("simple_cnn", (3, 28, 28))
     assert s.parameters == 206_922 + 2 * 16 * 9  # the first conv sees 3 channels instead of 1
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
 
-from ..engine.models import get_spec, model_names
+import cnnlab
+
+from ..engine.config import MODELS
 from ..errors import CnnlabError
 from ..lecture import params
 from . import COMMANDS, add_json_flag, print_json
+from .output import console as stdout_console
 
 
 def add_parser(sub) -> None:
@@ -16,7 +18,7 @@ def add_parser(sub) -> None:
                        description="Without MODEL: one line per registered model. With MODEL: a per-layer "
                                    "table (output shape, parameters, multiply-accumulates) with totals. "
                                    "--lecture: the lecture's parameter questions with the arithmetic shown.")
-    p.add_argument("model", nargs="?", metavar="MODEL", help=f"one of: {', '.join(model_names())}")
+    p.add_argument("model", nargs="?", metavar="MODEL", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--input", default="1x28x28", metavar="CxHxW",
                    help="input size, channels x height x width (default 1x28x28)")
     p.add_argument("--lecture", action="store_true",
@@ -27,7 +29,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    console = Console(width=max(Console().width, 120))  # keep tables unwrapped when piped
+    console = stdout_console()
     shape = params.parse_shape(args.input)
     if args.lecture:
         if args.model:
@@ -35,7 +37,7 @@ def run(args) -> int:
         return _lecture(console, args.json)
 
     if not args.model:
-        rows = [params.summarize(name, shape) for name in model_names()]
+        rows = [cnnlab.summarize(name, shape) for name in MODELS]
         if args.json:
             print_json({"input_shape": list(shape), "models": [
                 {"model": s.model, "parameters": s.parameters, "macs": s.macs} for s in rows]})
@@ -44,11 +46,11 @@ def run(args) -> int:
         for col, just in (("model", "left"), ("parameters", "right"), ("MACs", "right"), ("description", "left")):
             t.add_column(col, justify=just)
         for s in rows:
-            t.add_row(s.model, f"{s.parameters:,}", f"{s.macs:,}", get_spec(s.model).description)
+            t.add_row(s.model, f"{s.parameters:,}", f"{s.macs:,}", MODELS[s.model].description)
         console.print(t)
         return 0
 
-    s = params.summarize(args.model, shape)
+    s = cnnlab.summarize(args.model, shape)
     if args.json:
         print_json(s.to_json())
         return 0

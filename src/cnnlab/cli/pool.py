@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from rich.console import Console
 from rich.table import Table
+
+import cnnlab
 
 from ..lecture import pool
 from ..lecture.conv import matrix_text, parse_matrix
 from ..lecture.pool import LECTURE_INPUT
-from ..see import invariance
 from . import COMMANDS, add_data_dir_flag, add_json_flag, positive_int, print_json
+from .output import console
 
 
 def add_parser(sub) -> None:
@@ -76,7 +77,7 @@ def run(args) -> int:
 
 def _invariance(args) -> int:
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
-    r = invariance.measure(args.invariance, baseline_dir=args.baseline, out=args.out, limit=args.limit,
+    r = cnnlab.invariance(args.invariance, baseline_dir=args.baseline, out=args.out, limit=args.limit,
                            max_shift=args.max_shift, limit_train=args.limit_train, data_dir=args.data_dir, log=log,
                            force=args.force)
     rows, out = r["rows"], r["plot"]
@@ -90,7 +91,7 @@ def _invariance(args) -> int:
     for r in rows:
         t.add_row(r["model"], str(r["shift"]), f"{r['prediction_changed']:.1%}", f"{r['accuracy']:.1%}",
                   f"{r['feature_change']:.3f}")
-    Console(width=100).print(t)
+    console().print(t)
     print("feature change = |features(shifted) - features(original)| / |features(original)|, averaged over images")
     print(f"plot saved to {out}")
     return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ..runs.predict import load_classifier, predict_files
+import cnnlab
+
 from . import COMMANDS, add_force_flag, add_json_flag, add_tta_flag, positive_int, print_json
 
 
@@ -29,8 +30,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    clf = load_classifier(args.model, tta=args.tta)
-    results = predict_files(clf, args.inputs, top_k=min(args.top_k, len(clf.classes)),
+    clf = cnnlab.load_classifier(args.model, tta=args.tta)
+    results = cnnlab.predict_files(clf, args.inputs, top_k=min(args.top_k, len(clf.classes)),
                             save_preprocessed=args.save_preprocessed, force=args.force)
     failed = sum("error" in r for r in results)
     if args.json:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..see.report import build
+import cnnlab
+
 from . import COMMANDS, add_force_flag, print_json
 from .visualize import add_common
 
@@ -18,7 +19,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    r = build(args.run_dir, args.out, force=args.force, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
+    r = cnnlab.report(args.run_dir, args.out, force=args.force, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
               mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json)
     if args.json:
         print_json(r)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..web.serve import serve
+import cnnlab
+
 from . import COMMANDS, port
 
 
@@ -20,5 +21,5 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    serve(args.model, host=args.host, port=args.port, log_level=args.log_level)
+    cnnlab.serve(args.model, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..runs.folder import run_files
-from ..see.visualize import check_out, render, write
+import cnnlab
+
 from . import COMMANDS, add_data_dir_flag, add_force_flag, add_json_flag, positive_int, print_json
 
 
@@ -49,19 +49,19 @@ def add_parser(sub) -> None:
 
 
 def render_args(args):
-    return render(args.run_dir, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
+    return cnnlab.visualize(args.run_dir, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
                   mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json)
 
 
 def inputs(args) -> list:
     """The files visualize and report read, which none of their outputs may replace."""
-    return [*run_files(args.run_dir), *([args.image] if args.image else [])]
+    return [*cnnlab.run_files(args.run_dir), *([args.image] if args.image else [])]
 
 
 def run(args) -> int:
-    out = check_out(Path(args.out) if args.out else Path(args.run_dir) / "figures", args.force, inputs(args))
+    out = cnnlab.check_figures_out(Path(args.out) if args.out else Path(args.run_dir) / "figures", args.force, inputs(args))
     v = render_args(args)
-    paths = write(v, out, args.force, inputs(args))
+    paths = cnnlab.write_figures(v, out, args.force, inputs(args))
     if args.json:
         print_json(v.to_json(paths))
         return 0

@@ -33,7 +33,16 @@ from ..runs.inference import accuracy
 from . import augment, checkpoint, data
 from .config import FOLDER, RESUME_MAY_CHANGE, TrainConfig, resume_flags
 from .models import build_model, count_parameters
-from .processes import StopRequest, env_rank, env_world, interrupted, resolve_device, resolve_precision, start_processes
+from .processes import (
+    StopRequest,
+    choose_threads,
+    env_rank,
+    env_world,
+    interrupted,
+    resolve_device,
+    resolve_precision,
+    start_processes,
+)
 
 # Training images a model's init_from_data sees (the first ones: no randomness). For fast_cnn's
 # whitened first conv, 2,000 MNIST images give 392,000 patches, and 10,000 the same accuracy.
@@ -101,6 +110,7 @@ class TrainResult:
     parameters: int = 0
     model: torch.nn.Module | None = None
     precision: str = "fp32"
+    threads: int = 0                      # CPU threads used (--threads, else the cores idle at the start)
     train_seconds: float = 0.0            # training + periodic evaluation, excluding data loading
     target_seconds: float | None = None   # when --target-accuracy was met: seconds to get there
     target_images: int | None = None      # ... and the training images seen until then
@@ -115,6 +125,7 @@ class TrainResult:
             "parameters": self.parameters,
             "test_accuracy": self.test_accuracy,
             "precision": self.precision,
+            "threads": self.threads,
             "train_seconds": self.train_seconds,
             "target_accuracy": self.config.target_accuracy,
             "target_reached": None if self.config.target_accuracy is None else self.target_seconds is not None,
@@ -148,6 +159,7 @@ def train(config: TrainConfig | None = None, *, data_dir=None, out=None, save: b
     resume = Path(resume) if resume is not None else None
     run = None
     with ExitStack() as held, StopRequest() as stop:
+        held.callback(torch.set_num_threads, torch.get_num_threads())  # the caller's process as it was
         try:
             if resume is not None:
                 folder.read_config(resume)  # the one-line error for a missing or non-run folder
@@ -161,17 +173,26 @@ def train(config: TrainConfig | None = None, *, data_dir=None, out=None, save: b
             procs = start_processes(cfg)
             if procs.owns_group:
                 held.callback(torch.distributed.destroy_process_group)
-            run = _Run(cfg, procs, data_dir, main_log, stop)
+            run = _Run(cfg, procs, data_dir, main_log, stop, _threads(cfg, resume))
             if resume is not None:
                 run.restore(resume, saved)
             elif save and procs.main:
                 run.stop_if_asked("before training began; nothing was saved")
-                run.run_dir = held.enter_context(folder.new_run(cfg, run.info, run.parameters, out, main_log))
+                run.run_dir = held.enter_context(folder.new_run(cfg, run.info, run.parameters, out, main_log,
+                                                                     run.precision, run.threads))
             return run.loop(progress and procs.main)
         except KeyboardInterrupt:  # the same signal twice: StopRequest stopped at once
             kept = run.kept() if run else (f"{resume} is unchanged" if resume else "nothing was saved")
             raise interrupted(stop, run.run_dir if run else resume,
                               f"stopped at once by a second {stop.name}; {kept}") from None
+
+
+def _threads(cfg: TrainConfig, resume: Path | None) -> int | None:
+    """--threads, else (resuming) the count the run started with: the same count is what makes it
+    bit for bit the uninterrupted run; else None (chosen when training starts)."""
+    if cfg.threads or resume is None:
+        return cfg.threads
+    return (folder.read_config(resume).get("threads") or {}).get("used")
 
 
 def _resume_point(run_dir: Path, overrides: dict) -> tuple[TrainConfig, tuple | None]:
@@ -271,10 +292,10 @@ def _progress(enabled: bool) -> Progress:
 class _Run:
     """One training: its data, network, optimiser and position, and the loop that moves it on."""
 
-    def __init__(self, cfg: TrainConfig, procs, data_dir, log, stop: StopRequest):
+    def __init__(self, cfg: TrainConfig, procs, data_dir, log, stop: StopRequest, threads: int | None = None):
         self.cfg, self.procs, self.log, self.device, self.stop = cfg, procs, log, procs.device, stop
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.threads = choose_threads(threads, self.device)
+        torch.set_num_threads(self.threads)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self._load_data(data_dir)
@@ -298,7 +319,8 @@ class _Run:
         self.forward = torch.compile(self.forward) if cfg.compile else self.forward
         self.steps = self._steps_per_epoch()
         self.scheduler = _scheduler(self.optimizer, cfg, self.steps * cfg.epochs)
-        self.result = TrainResult(cfg, None, parameters=self.parameters, model=self.model, precision=self.precision)
+        self.result = TrainResult(cfg, None, parameters=self.parameters, model=self.model, precision=self.precision,
+                                  threads=self.threads)
         # Where training stands: epochs done, step within the next one, and early stopping's memory.
         self.epoch, self.step, self.loss_before, self.seconds_before = 0, 0, 0.0, 0.0
         self.best, self.best_acc, self.bad_epochs = None, -1.0, 0
@@ -344,7 +366,7 @@ class _Run:
         self.run_dir = run_dir
         if saved is None:
             if self.procs.main:
-                folder.write_run_config(run_dir, self.cfg, self.info, self.parameters)
+                folder.write_run_config(run_dir, self.cfg, self.info, self.parameters, self.precision, self.threads)
                 folder.write_metrics(run_dir, [])
             self.log(f"{run_dir} was stopped before its first checkpoint; training it from the start")
             return
@@ -367,6 +389,7 @@ class _Run:
             folder.write_metrics(run_dir, [asdict(e) for e in self.result.epochs])
             if self.cfg.epochs != state["config"]["epochs"]:
                 folder.update_config(run_dir, recipe=asdict(self.cfg))
+            self._record_settings_used(run_dir)
         self.log(f"{run_dir} finished training at epoch {self.epoch}; writing its final weights" if self.done
                  else f"resuming {run_dir} at epoch {self.epoch + 1}, step {self.step}/{self.steps}")
 
@@ -374,6 +397,14 @@ class _Run:
         """A signal arrived outside a training step: leave here with `line` (what was saved)."""
         if self.procs.any(self.stop.signum is not None):
             raise interrupted(self.stop, self.run_dir, f"stopped by {self.stop.name} {line}", resume)
+
+    def _record_settings_used(self, run_dir: Path) -> None:
+        """Resumed where `auto` means another precision, or with another --threads: record both."""
+        for key, now in (("precision", self.precision), ("threads", self.threads)):
+            used = (folder.read_config(run_dir).get(key) or {}).get("used")
+            if used and used != now:
+                folder.update_config(run_dir, **{key: {"asked": getattr(self.cfg, key), "used": now,
+                                                       "used_before_resume": used}})
 
     def loop(self, progress: bool) -> TrainResult:
         """Train from where the run stands to its end, then save the final weights."""
@@ -572,6 +603,7 @@ class _Run:
                 + (f"{len(self.val_split):,} validation / " if self.val_split is not None else "")
                 + f"{len(self.test_split):,} test images, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, "
                 f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, device {self.device}, {self.precision}"
+                + (f", {self.threads} thread{'s' if self.threads != 1 else ''}" if self.device.type == "cpu" else "")
                 + (f", {self.procs.world} processes" if self.procs.world > 1 else "")
                 + (f", augment {cfg.augment}" if cfg.augment != "none" else "")
                 + (f", until {cfg.target_accuracy:.2%} test accuracy" if cfg.target_accuracy else ""))

@@ -31,7 +31,9 @@ from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
@@ -41,7 +43,7 @@ from ..engine import checkpoint
 from ..engine import data as data_mod
 from ..engine.config import EVAL_CHUNK, TrainConfig
 from ..engine.models import build_model, get_spec
-from ..errors import DataError, RunError
+from ..errors import CnnlabError, DataError, RunError
 from ..files import atomic_write, make_dir, write_json
 from .inference import TTA, Ensemble, predict_logits
 
@@ -115,18 +117,24 @@ def check_out(path) -> None:
                    f"(cnnlab never overwrites a run)")
 
 
-def new_run(cfg, info, parameters: int, out=None, log=None) -> "RunLock":
-    """Create and claim a run folder for a training that starts now, with its config.json."""
+def new_run(cfg, info, parameters: int, out=None, log=None, precision: str | None = None,
+            threads: int | None = None) -> "RunLock":
+    """Create and claim a run folder for a training that starts now, with its config.json.
+
+    precision: what autocast uses ("bf16" or "fp32"); threads: the CPU threads it trains with. The
+    recipe keeps what was asked (precision "auto", threads None: chosen when training starts).
+    """
     lock = new_run_dir(cfg.model, out, log)
     try:
-        write_run_config(lock.run_dir, cfg, info, parameters)
+        write_run_config(lock.run_dir, cfg, info, parameters, precision, threads)
     except BaseException:
         lock.release()
         raise
     return lock
 
 
-def write_run_config(run_dir, cfg, info, parameters: int) -> None:
+def write_run_config(run_dir, cfg, info, parameters: int, precision: str | None = None,
+                     threads: int | None = None) -> None:
     """config.json of a run that starts training now: everything loading it needs, and its recipe."""
     write_json(Path(run_dir) / CONFIG, {
         "model": cfg.model,
@@ -136,6 +144,8 @@ def write_run_config(run_dir, cfg, info, parameters: int) -> None:
         "input_size": [1, data_mod.IMAGE_SIZE, data_mod.IMAGE_SIZE],
         "normalization": {"mean": info.mean, "std": info.std},
         "parameters": parameters,
+        "precision": {"asked": cfg.precision, "used": precision or cfg.precision},
+        "threads": {"asked": cfg.threads, "used": threads or cfg.threads},
         "recipe": asdict(cfg),
         "seed": cfg.seed,
         "created": datetime.now().isoformat(timespec="seconds"),
@@ -331,6 +341,39 @@ def check_preprocessing(config: dict, where, fix: str = "restore the file or tra
                        f"{_show(norm)}; {fix}")
 
 
+def as_pixels(images, size: int = data_mod.IMAGE_SIZE) -> torch.Tensor:
+    """Images as a tensor of pixel values [N, H, W] or [N, 1, H, W] (0-255, uint8 or float): a NumPy
+    array or tensor [H, W], [N, H, W] or [N, 1, H, W], a PIL image, or a list of any of them."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise CnnlabError("no images given (an empty list)")
+        parts = [as_pixels(im, size) for im in images]
+        if len({p.dtype for p in parts}) > 1:
+            parts = [p.float() for p in parts]
+        return torch.cat([p.reshape(-1, size, size) for p in parts])
+    if isinstance(images, Image.Image):
+        images = np.asarray(images.convert("L"))
+    if isinstance(images, np.ndarray):
+        if images.dtype.kind not in "uif":
+            raise CnnlabError(f"images must hold numbers (pixel values 0-255), got a NumPy array of {images.dtype}")
+        # (a copy: PIL's arrays are read-only, and the caller's array stays the caller's)
+        images = torch.from_numpy(np.array(images, dtype=np.uint8 if images.dtype == np.uint8 else np.float32))
+    if not isinstance(images, torch.Tensor):
+        raise CnnlabError(f"images must be a NumPy array, a PIL image, a torch tensor or a list of them, "
+                          f"not {type(images).__name__}")
+    x = images.unsqueeze(0) if images.dim() == 2 else images
+    if not (x.dim() == 3 or (x.dim() == 4 and x.shape[1] == 1)) or tuple(x.shape[-2:]) != (size, size):
+        raise CnnlabError(f"images must be grayscale {size}x{size}: [{size}, {size}], [N, {size}, {size}] or "
+                          f"[N, 1, {size}, {size}], got shape {list(images.shape)}; photos and scans of other sizes "
+                          f"go through cnnlab.load_classifier and cnnlab.predict_files (cnnlab predict)")
+    if x.dtype == torch.uint8:
+        return x
+    x = x.float()  # (the network's weights are float32)
+    if not bool(torch.isfinite(x).all()):
+        raise CnnlabError("images hold NaN or infinite values; pixel values must be finite numbers 0-255")
+    return x
+
+
 @dataclass
 class TrainedModel:
     """A trained network with the preprocessing it was trained with: what cnnlab.load returns."""
@@ -356,18 +399,22 @@ class TrainedModel:
     def std(self) -> float:
         return float(self.config["normalization"]["std"])
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8-range images [N, H, W] or [N, 1, H, W] -> the normalised float batch the model expects."""
-        return data_mod.normalize(images, self.mean, self.std).to(self.device)
+    # images: pixel values 0-255 (white on black, as the dataset's), as as_pixels takes them.
+    def preprocess(self, images) -> torch.Tensor:
+        """Images -> the normalised float batch [N, 1, H, W] the model expects."""
+        return data_mod.normalize(as_pixels(images), self.mean, self.std).to(self.device)
 
     @torch.no_grad()
-    def logits(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-        return predict_logits(self.model, images, self.mean, self.std, self.device, batch_size or EVAL_CHUNK)
+    def logits(self, images, batch_size: int | None = None) -> torch.Tensor:
+        return predict_logits(self.model, as_pixels(images), self.mean, self.std, self.device,
+                              batch_size or EVAL_CHUNK)
 
-    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_proba(self, images) -> torch.Tensor:
+        """[N, classes] probabilities (a torch tensor; .numpy() for an array)."""
         return self.logits(images).softmax(dim=1)
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images) -> torch.Tensor:
+        """[N] class indices; .classes names them."""
         return self.logits(images).argmax(dim=1)
 
     def with_tta(self) -> "TrainedModel":

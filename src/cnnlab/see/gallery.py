@@ -103,6 +103,30 @@ class Gallery:
     rows: list = field(default_factory=list)      # Picture per row
     errors: list = field(default_factory=list)    # (path, message) for images that could not be read
     out: Path | None = None
+    notes: list = field(default_factory=list)     # what the default rows lack and why
+
+
+def draw(out, images: list | None = None, extra: list[tuple[str, np.ndarray]] = (), size: int | None = None,
+         sigma: float = 1.0, data_dir=None, force: bool = False, inputs=()) -> Gallery:
+    """`cnnlab kernels --out`: the gallery of the given image files (the readable ones; the others
+    are listed in .errors), or of the sample digits and photographs (sample_pictures). `out` is
+    checked before any image is read; it replaces a file only with force, never one of `inputs`."""
+    inputs = [*(images or []), *inputs]
+    check_output(out, force=force, inputs=inputs)
+    pictures, errors, notes = [], [], []
+    if images:
+        for path in images:
+            try:
+                pictures.append(load_image(path))
+            except CnnlabError as e:
+                errors.append((str(path), str(e)))
+        if not pictures:
+            raise CnnlabError("; ".join(message for _, message in errors) + "; nothing to draw")
+    else:
+        pictures, notes = sample_pictures(data_dir)
+    g = gallery(pictures, out, extra=extra, size=size, sigma=sigma, errors=errors, force=force, inputs=inputs)
+    g.notes = notes
+    return g
 
 
 def gallery(pictures: list[Picture], out, extra: list[tuple[str, np.ndarray]] = (),
