@@ -107,18 +107,25 @@ def unit_field(layers: list[tuple[Window, Window]], row: int, col: int) -> tuple
     return top, left, bottom, right
 
 
-def _fields(rows: list[LayerRow], shapes: list[tuple]) -> None:
-    """Fill each row's receptive field and jump, in the order the forward pass ran the layers."""
-    rf, jump = [1, 1], [1, 1]
-    spatial = True
-    for r, (module, inp, out) in zip(rows, shapes):
-        w = windows(module, inp, out) if spatial else None
-        if w is None:
-            spatial = False
+def receptive_fields(geometry: list) -> list[tuple[list, list] | None]:
+    """(receptive field, jump), each [h, w], for layers with these windows (lecture.params.windows,
+    first layer first); None from the first layer without space (or unknown geometry) on."""
+    rf, jump, out = [1, 1], [1, 1], []
+    for w in geometry:
+        if w is None or (out and out[-1] is None):
+            out.append(None)
             continue
         rf = [rf[a] + (w[a].kernel - 1) * jump[a] for a in (0, 1)]
         jump = [jump[a] * w[a].stride for a in (0, 1)]
-        r.receptive_field, r.jump = list(rf), list(jump)
+        out.append((list(rf), list(jump)))
+    return out
+
+
+def _fields(rows: list[LayerRow], shapes: list[tuple]) -> None:
+    """Fill each row's receptive field and jump, in the order the forward pass ran the layers."""
+    for r, field in zip(rows, receptive_fields([windows(m, i, o) for m, i, o in shapes])):
+        if field is not None:
+            r.receptive_field, r.jump = field
 
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> int:

@@ -18,8 +18,6 @@ Every request error is a JSON {"error": "..."} with a 4xx status, and the server
 from __future__ import annotations
 
 import base64
-import json
-import re
 import socket
 from pathlib import Path
 
@@ -40,18 +38,11 @@ from ..runs.folder import read_metrics
 from ..runs.predict import Classifier, ImageError, load_classifier, open_image, predict_images
 from ..see.explain import trace
 from ..see.gallery import downscale, to_gray
+from . import explain
+from .requests import MATRIX_TEXT, MAX_UPLOAD, RequestError, array_image, image_error, parse_upload
 
 STATIC_DIR = Path(__file__).with_name("static")
-MAX_UPLOAD = 5 * 1024 * 1024           # bytes; larger requests get 413
 PLAYGROUND_SIZE = 160                   # uploaded images are shrunk to this many pixels per side
-STATUS_FOR_KIND = {"not_image": 415, "too_large": 413, "empty": 400, "corrupt": 400, "blank": 400,
-                   "unreadable": 400}
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 # --- kernels for the playground ---------------------------------------------------------------
@@ -61,18 +52,13 @@ def named_kernels() -> dict[str, np.ndarray]:
     return {name: kernels.get(name).astype(np.float32) for name in kernels.NAMED}
 
 
-# A typed kernel may only hold numbers and separators: conv.parse_matrix would read a file whose
-# name it is given, and a web request must never make the server open its own files.
-_MATRIX_TEXT = re.compile(r"[0-9eE+\-.,;\s]+")
-
-
 def parse_kernel(value) -> tuple[str, np.ndarray]:
     """A kernel name, or a square matrix with odd side (JSON list or text rows "a b c; d e f; ...")."""
     if isinstance(value, str) and value.strip().lower() in kernels.NAMED:
         name = value.strip().lower()
         return name, kernels.get(name).astype(np.float32)
     if isinstance(value, str):
-        if not _MATRIX_TEXT.fullmatch(value.strip() or "x"):
+        if not MATRIX_TEXT.fullmatch(value.strip() or "x"):
             raise RequestError(422, f"kernel '{value[:40]}' is neither a name ({', '.join(kernels.NAMED)}) nor "
                                     f"a matrix like '0 -1 0; -1 5 -1; 0 -1 0'")
         try:
@@ -118,72 +104,6 @@ def _encode(maps: np.ndarray) -> dict:
             "max": [round(float(s), 5) for s in scale], "data": base64.b64encode(q.tobytes()).decode()}
 
 
-# --- request bodies -----------------------------------------------------------------------------
-
-async def read_body(request: Request) -> bytes:
-    """The whole body, refused with 413 as soon as it passes MAX_UPLOAD (never buffered beyond)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_UPLOAD:
-        raise RequestError(413, f"upload is {int(declared) / 2**20:.1f} MB, over the {MAX_UPLOAD / 2**20:.0f} MB "
-                                f"limit; send a smaller image")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_UPLOAD:
-            raise RequestError(413, f"upload is over the {MAX_UPLOAD / 2**20:.0f} MB limit; send a smaller image")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def parse_upload(request: Request) -> tuple[str, object, dict]:
-    """(kind, payload, fields): ('image', bytes, form fields or query) or ('json', dict, dict)."""
-    body = await read_body(request)
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        async def replay():
-            return {"type": "http.request", "body": body, "more_body": False}
-        try:
-            form = await Request(request.scope, replay).form(max_part_size=MAX_UPLOAD)
-        except Exception as e:  # malformed multipart
-            raise RequestError(400, f"malformed multipart upload ({e}); send the image in a field named 'file'") from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise RequestError(400, "multipart upload has no file field named 'file'")
-        return "image", await upload.read(), dict(form)
-    if ctype == "application/json":
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError(400, "request body is not valid JSON") from None
-        if not isinstance(payload, dict):
-            raise RequestError(422, 'JSON body must be an object such as {"image": [[...28 numbers...], ...]}')
-        return "json", payload, payload
-    if ctype.startswith("image/") or ctype == "application/octet-stream":
-        return "image", body, dict(request.query_params)
-    raise RequestError(415, f"unsupported content type '{ctype or 'none'}'; send multipart/form-data with a "
-                            f"'file' field, an image/* body, or application/json")
-
-
-def array_image(value, size: int | None = 28, name: str = "image") -> np.ndarray:
-    """A JSON 2-D array of 0-255 numbers -> float32; shape must be size x size when size is given."""
-    try:
-        a = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise RequestError(422, f"'{name}' must be a 2-D array of numbers (rows of equal length)") from None
-    if size is not None and a.shape != (size, size):
-        raise RequestError(422, f"'{name}' has shape {list(a.shape)}; expected [{size}, {size}] "
-                                f"(28 rows of 28 numbers 0-255, white digit on black)")
-    if a.ndim != 2 or min(a.shape) < 1 or max(a.shape) > 1024:
-        raise RequestError(422, f"'{name}' has shape {list(a.shape)}; expected a 2-D array up to 1024x1024")
-    if not np.isfinite(a).all() or a.min() < 0 or a.max() > 255:
-        raise RequestError(422, f"'{name}' values must be numbers from 0 to 255")
-    return a.astype(np.float32)
-
-
-def _image_error(e: ImageError) -> RequestError:
-    return RequestError(STATUS_FOR_KIND.get(e.kind, 400), str(e))
-
-
 # --- the app --------------------------------------------------------------------------------------
 
 def model_info(clf: Classifier) -> dict:
@@ -215,6 +135,7 @@ def create_app(model: str | Path | Classifier) -> FastAPI:
     _add_pages(app, info)
     _add_model_routes(app, clf)
     _add_kernel_route(app)
+    explain.add_routes(app, clf)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -266,7 +187,7 @@ def _add_model_routes(app: FastAPI, clf: Classifier) -> None:
                 try:
                     img = clf.prepare(open_image(payload, name="upload"), name="upload")
                 except ImageError as e:
-                    raise _image_error(e) from None
+                    raise image_error(e) from None
             result = predict_images(clf, img[None], top_k=len(clf.classes))[0]
             result["image"] = img.tolist()
             if want_features:
@@ -291,7 +212,7 @@ def _add_kernel_route(app: FastAPI) -> None:
                 try:
                     pil = open_image(payload, name="upload")
                 except ImageError as e:
-                    raise _image_error(e) from None
+                    raise image_error(e) from None
                 pixels = downscale(to_gray(np.asarray(pil.convert("L"))), PLAYGROUND_SIZE)
                 img = pixels * 255.0
             name, k = parse_kernel(fields.get("kernel", "sobel-x"))
