@@ -22,6 +22,7 @@ from ..errors import CnnlabError
 from ..lecture.params import Window, describe, receptive_fields, unit_field, windows
 from .explain import LayerOutput, trace_layers
 
+SHORT = 16               # vectors up to this long are sent exactly as well
 TOP_CONTRIBUTIONS = 12   # a linear unit lists this many of its inputs, the largest |weight x input| first
 FORMULAS = {nn.ReLU: "max(0, x)", nn.Tanh: "tanh(x)", nn.Sigmoid: "1 / (1 + e^-x)",
             nn.LeakyReLU: "x if x > 0 else slope * x", nn.ReLU6: "min(max(0, x), 6)"}
@@ -71,7 +72,9 @@ def layers(net: Network) -> list[dict]:
                     "shape": list(layer.output.shape), "spatial": net.geometry[i] is not None,
                     "receptive_field": field[0] if field else None, "jump": field[1] if field else None,
                     "min": float(layer.output.min()), "max": float(layer.output.max()), "scale": scale,
-                    "data": data})
+                    "data": data,
+                    # a short vector (logits, probabilities) also exactly: the page prints these numbers
+                    "exact": layer.output.tolist() if layer.output.numel() <= SHORT else None})
     return out
 
 
