@@ -123,9 +123,9 @@ def receptive_fields(geometry: list) -> list[tuple[list, list] | None]:
 
 def _fields(rows: list[LayerRow], shapes: list[tuple]) -> None:
     """Fill each row's receptive field and jump, in the order the forward pass ran the layers."""
-    for r, field in zip(rows, receptive_fields([windows(m, i, o) for m, i, o in shapes])):
-        if field is not None:
-            r.receptive_field, r.jump = field
+    for r, found in zip(rows, receptive_fields([windows(m, i, o) for m, i, o in shapes])):
+        if found is not None:
+            r.receptive_field, r.jump = found
 
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
