@@ -271,8 +271,8 @@ def test_every_view_fits_a_phone(servers, browser, shots):
         page.click(f"#nav a[href='#{view}']")
         assert page.locator(f"#{view}-view").is_visible() or view in ("train", "runs")
         page.wait_for_timeout(100)
-        width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-        assert width[0] <= width[1], (view, width)
+        # (A mobile browser widens its layout viewport to fit wide content: compare with the screen.)
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], view
         for link in page.locator("#nav a").all():  # every tab can be reached without scrolling sideways
             box = link.bounding_box()
             assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], view
