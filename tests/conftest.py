@@ -51,6 +51,13 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+def screenshot_run(request):
+    """The simple_cnn run the browser tests serve: CNNLAB_SCREENSHOT_RUN (a better-trained run, for the
+    docs' screenshots; run from the repository root so the page shows its relative path), else quick_run."""
+    chosen = os.environ.get("CNNLAB_SCREENSHOT_RUN")
+    return Path(chosen) if chosen else request.getfixturevalue("quick_run").run_dir
+
+
 @pytest.fixture(scope="session")
 def quick_run(data_dir, tmp_path_factory):
     """One simple_cnn run (1 epoch, 6,000 images) shared by every test that needs a trained model."""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnlab
-from conftest import run_cli, serving
+from conftest import run_cli, screenshot_run, serving
 from test_serve_e2e import draw_seven
 
 with warnings.catch_warnings():
@@ -33,10 +33,10 @@ def lenet_run(data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def servers(quick_run, lenet_run, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("serve")
-    with serving(quick_run.run_dir, logs / "simple.log") as simple, serving(lenet_run.run_dir, logs / "lenet.log") as lenet:
-        yield {"simple_cnn": (simple, quick_run.run_dir), "lenet5": (lenet, lenet_run.run_dir)}
+def servers(request, lenet_run, tmp_path_factory):
+    logs, simple_dir = tmp_path_factory.mktemp("serve"), screenshot_run(request)
+    with serving(simple_dir, logs / "simple.log") as simple, serving(lenet_run.run_dir, logs / "lenet.log") as lenet:
+        yield {"simple_cnn": (simple, simple_dir), "lenet5": (lenet, lenet_run.run_dir)}
 
 
 @pytest.fixture

@@ -249,3 +249,11 @@ def test_pool_route_is_cnnlab_pool_json(client, capsys):
     r = client.post("/api/pool", json={"input": "1 2 3 4 5; 6 7 8 9 0; 1 3 5 7 9; 2 4 6 8 0; 9 8 7 6 5",
                                        "size": 3, "stride": 1})
     assert r.json() == json.loads(out)
+
+
+def test_an_onnx_model_cannot_be_looked_inside():
+    from cnnlab.runs.predict import Classifier
+    onnx = TestClient(create_app(Classifier("model.onnx", [str(i) for i in range(10)], 0.5, 0.5)))
+    r = onnx.post("/api/network", json={"image": np.zeros((28, 28), int).tolist()})
+    assert r.status_code == 409 and "serve the run folder" in r.json()["error"]
+    assert onnx.post("/api/conv", json={}).status_code == 200  # the lessons need no model

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import serving
+from conftest import screenshot_run, serving
 
 
 @pytest.fixture(scope="module")
-def server(quick_run, tmp_path_factory):
-    with serving(quick_run.run_dir, tmp_path_factory.mktemp("serve") / "server.log") as url:
+def server(request, tmp_path_factory):
+    with serving(screenshot_run(request), tmp_path_factory.mktemp("serve") / "server.log") as url:
         yield url
 
 

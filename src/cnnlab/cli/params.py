@@ -80,7 +80,7 @@ def _side(hw: list | None, missing: str) -> str:
 
 
 def _kib(n: int) -> str:
-    return f"{n / 1024:,.1f} KiB"
+    return f"{n:,} B" if n < 1024 else f"{n / 1024:,.1f} KiB"
 
 
 def _lecture(console, as_json: bool) -> int:

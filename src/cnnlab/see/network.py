@@ -264,6 +264,7 @@ def _then(net: Network, index: int, where: tuple) -> list[dict]:
             break
         e = _elementwise(net, j, where)
         steps.append({"layer": j, "name": net.layers[j].name, "kind": net.layers[j].kind,
+                      "type": type(net.layers[j].module).__name__,
                       "describe": describe(net.layers[j].module), "value": float(net.layers[j].output[where]), **e})
     return steps
 

@@ -12,6 +12,8 @@ works offline) and a small JSON API:
   GET  /api/filters    the learned first-layer filters
   POST /api/kernel     a hand-designed or typed-in kernel applied to an image
 
+and web/explain.py's routes: the network layer by layer, a unit's arithmetic, the sliding window.
+
 Every request error is a JSON {"error": "..."} with a 4xx status, and the server keeps serving.
 """
 

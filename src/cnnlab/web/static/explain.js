@@ -277,7 +277,8 @@
     const L = net.layers[u.layer];
     const where = u.unit.length === 3 ? `channel ${u.unit[0]}, row ${u.unit[1]}, column ${u.unit[2]}`
       : `unit ${u.unit[0]}${labels(L) ? ` (class ${labels(L)[u.unit[0]]})` : ""}`;
-    $("unit-title").textContent = `${KIND[u.kind] || u.kind} ${u.name}${u.describe ? ` (${u.describe})` : ""}: ${where}`;
+    const what = u.name === u.kind ? u.name : `${label(L)} ${u.name}`;
+    $("unit-title").textContent = `${what}${u.describe ? ` (${u.describe})` : ""}: ${where}`;
     const parts = (MATH[u.kind] || other)(u);
     parts.push(el("p", {}, "the layer's output in the forward pass: ", num(u.value, "value")));
     for (const t of u.then || []) parts.push(...then(t));
@@ -318,10 +319,12 @@
       more.addEventListener("click", () => { more.remove(); u.order.slice(shown).forEach(addChannel); });
       parts.push(el("p", { class: "muted" }, `the ${shown} channels whose sums are largest in size; `, more));
     }
-    const sums = u.channel_sums.length <= 16 ? u.channel_sums.map(fmt).join(" + ") + " = " : "";
-    parts.push(el("p", { class: "eq" }, `channel sums: ${sums}`, num(u.sum, "sum")));
-    parts.push(el("p", { class: "eq" }, num(u.sum, "sum-again"), " + bias ", num(u.bias || 0, "bias"), " = ",
-                  num(u.result, "result")));
+    const n = u.channel_sums.length;
+    parts.push(el("p", { class: "eq" }, n <= 16 ? `channel sums: ${u.channel_sums.map(fmt).join(" + ")} = `
+                                                : `the ${n} channel sums add up to `, num(u.sum, "sum")));
+    parts.push(u.bias === null
+      ? el("p", { class: "eq" }, "this layer has no bias: ", num(u.result, "result"))
+      : el("p", { class: "eq" }, num(u.sum, "sum-again"), " + bias ", num(u.bias, "bias"), " = ", num(u.result, "result")));
     return parts;
   }
 
@@ -347,7 +350,8 @@
   }
 
   function then(t) {
-    return [el("p", { class: "eq" }, `then ${KIND[t.kind] || t.kind} ${t.name}: ${t.formula} with x = `,
+    const what = t.kind === "activation" ? t.type : KIND[t.kind] || t.kind;
+    return [el("p", { class: "eq" }, `then ${what} ${t.name}: ${t.formula} with x = `,
                 num(t.input_value, "then-input"), ...normTerms(t), " = ", num(t.value, "then-value"))];
   }
 
@@ -363,8 +367,8 @@
     const parts = [el("p", { class: "eq", text: `out = Σ over the ${u.inputs} values of ${P.name} of value × weight` +
                                                `${u.bias !== null ? " + bias" : ""}; the largest products:` }), t];
     if (u.rest_count) parts.push(el("p", { class: "eq" }, `the other ${u.rest_count} products add up to `, num(u.rest, "rest")));
-    parts.push(el("p", { class: "eq" }, "sum ", num(u.sum, "sum"), " + bias ", num(u.bias || 0, "bias"), " = ",
-                  num(u.result, "result")));
+    parts.push(el("p", { class: "eq" }, "sum ", num(u.sum, "sum"), ...(u.bias === null ? [] : [" + bias ",
+                  num(u.bias, "bias")]), " = ", num(u.result, "result")));
     if (u.weight_image) {
       const cv = el("canvas", { class: "pixelated weights", "aria-label": "this unit's weights as an image" });
       const w = u.weight_image, flat = w.flat(), scale = Math.max(...flat.map(Math.abs));
