@@ -196,7 +196,7 @@ def _grid(page, selector: str) -> list[list[str]]:
 
 
 def test_sliding_window_is_cnnlab_conv_json(servers, browser, shots):
-    url, _ = servers["lenet5"]
+    url, _ = servers["simple_cnn"]
     matrix, kernel = "2 1 3 1 4 0\n4 1 0 1 3 2\n1 3 1 1 1 0\n2 6 1 1 1 3\n3 3 1 0 4 1\n0 2 1 3 0 1", "1 2\n-1 3"
     r = run_cli("conv", matrix.replace("\n", ";"), kernel.replace("\n", ";"), "--stride", "2", "--padding", "1",
                 "--dilation", "2", "--json")
