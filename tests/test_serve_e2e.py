@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import socket
@@ -134,6 +135,16 @@ def test_upload_an_image(server, browser, tmp_path):
     page.wait_for_function("() => document.querySelector('#prediction').dataset.final")
     assert page.locator("#prediction").inner_text().strip() == "1"
     assert page.evaluate("window.cnnlab.image.length") == 28
+    # Dropped on the pad, a file goes the same way (a real drop event carrying the file).
+    page.click("#clear")
+    page.evaluate("""(b64) => { const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const dt = new DataTransfer(); dt.items.add(new File([bytes], 'one.png', { type: 'image/png' }));
+        document.querySelector('#pad').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true,
+                                                                          cancelable: true })); }""",
+                  base64.b64encode(_digit_png(0)).decode())
+    page.wait_for_function("() => document.querySelector('#prediction').dataset.final === "
+                           "document.querySelector('#pad').dataset.version")
+    assert page.locator("#prediction").inner_text().strip() == "1"
     page.close()
 
 
