@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import sync_playwright
 
@@ -57,6 +61,13 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+def screenshot_run(request):
+    """The simple_cnn run the browser tests serve: CNNLAB_SCREENSHOT_RUN (a better-trained run, for the
+    docs' screenshots; run from the repository root so the page shows its relative path), else quick_run."""
+    chosen = os.environ.get("CNNLAB_SCREENSHOT_RUN")
+    return Path(chosen) if chosen else request.getfixturevalue("quick_run").run_dir
+
+
 @pytest.fixture(scope="session")
 def quick_run(data_dir, tmp_path_factory):
     """One simple_cnn run (1 epoch, 6,000 images) shared by every test that needs a trained model."""
@@ -92,3 +103,39 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@contextmanager
+def serving(run_dir, log_path: Path):
+    """`python -m cnnlab serve RUN_DIR` on a free loopback port, as a user starts it: yields its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(log_path, "w+")
+    env = {**os.environ, "CNNLAB_DATA_DIR": str(DATA_DIR),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", str(run_dir), "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log.seek(0)
+            pytest.fail(f"server did not start: {log.read()}")
+        time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.seek(0)
+        print("\nserver log:\n" + log.read())

@@ -16,7 +16,8 @@ from .output import console as stdout_console
 def add_parser(sub) -> None:
     p = sub.add_parser("params", help=COMMANDS["params"],
                        description="Without MODEL: one line per registered model. With MODEL: a per-layer "
-                                   "table (output shape, parameters, multiply-accumulates) with totals. "
+                                   "table (output shape, parameters, multiply-accumulates, receptive field, "
+                                   "jump, activation memory) with totals. "
                                    "--lecture: the lecture's parameter questions with the arithmetic shown.")
     p.add_argument("model", nargs="?", metavar="MODEL", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--input", default="1x28x28", metavar="CxHxW",
@@ -56,15 +57,32 @@ def run(args) -> int:
         return 0
     t = Table(title=f"{s.model}, input {'x'.join(map(str, s.input_shape))}")
     for col, just in (("layer", "left"), ("type", "left"), ("output shape", "left"),
-                      ("parameters", "right"), ("MACs", "right")):
+                      ("parameters", "right"), ("MACs", "right"), ("RF", "right"), ("jump", "right"),
+                      ("memory", "right")):
         t.add_column(col, justify=just)
     for r in s.layers:
         t.add_row(r.name, f"{r.kind}({r.details})" if r.details else r.kind,
-                  "x".join(map(str, r.output_shape)), f"{r.parameters:,}", f"{r.macs:,}")
+                  "x".join(map(str, r.output_shape)), f"{r.parameters:,}", f"{r.macs:,}",
+                  _side(r.receptive_field, "all"), _side(r.jump, "-"), _kib(r.activation_bytes))
     t.add_section()
-    t.add_row("total", "", "", f"[bold]{s.parameters:,}[/]", f"[bold]{s.macs:,}[/]")
+    t.add_row("total", "", "", f"[bold]{s.parameters:,}[/]", f"[bold]{s.macs:,}[/]", "", "",
+              f"[bold]{_kib(s.activation_bytes)}[/]")
     console.print(t)
+    print("RF: the receptive field, input pixels one unit sees (all: every pixel, a layer without space); "
+          "jump: input pixels between neighbouring units (the product of the strides so far); "
+          "memory: the layer's output for one image in float32.")
     return 0
+
+
+def _side(hw: list | None, missing: str) -> str:
+    """[5, 5] -> '5', [3, 5] -> '3x5', None -> missing."""
+    if hw is None:
+        return missing
+    return str(hw[0]) if hw[0] == hw[1] else f"{hw[0]}x{hw[1]}"
+
+
+def _kib(n: int) -> str:
+    return f"{n:,} B" if n < 1024 else f"{n / 1024:,.1f} KiB"
 
 
 def _lecture(console, as_json: bool) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 from rich.table import Table
 
 import cnnlab
@@ -49,17 +50,11 @@ def run(args) -> int:
     x = parse_matrix(args.matrix, "matrix")
     stride = args.stride or args.size
     modes = ["max", "avg"] if args.mode == "both" else [args.mode]
-    results = {}
-    for mode in modes:
-        steps: list = []
-        out = pool.pool2d(x, args.size, stride, mode, steps)
-        results[mode] = (out, steps)
+    d = pool.pool_json(x, args.size, stride, modes)
     if args.json:
-        print_json({"input": x.tolist(), "size": args.size, "stride": stride, **{
-            mode: {"output": out.tolist(), "steps": [{"row": s.row, "col": s.col, "window": s.window.tolist(),
-                                                      "value": s.value} for s in steps]}
-            for mode, (out, steps) in results.items()}})
+        print_json(d)
         return 0
+    results = {mode: (np.array(d[mode]["output"]), d[mode]["steps"]) for mode in modes}
     h, w = x.shape
     print(f"input {h}x{w}:\n{matrix_text(x)}")
     oh, ow = next(iter(results.values()))[0].shape
@@ -68,9 +63,10 @@ def run(args) -> int:
     for mode, (out, steps) in results.items():
         print(f"{'max' if mode == 'max' else 'average'} pooling:")
         for n, s in enumerate(steps, 1):
-            vals = " ".join(matrix_text(s.window, "").split())
-            how = f"max({vals.replace(' ', ', ')})" if mode == "max" else f"({vals.replace(' ', ' + ')}) / {s.window.size}"
-            print(f"  step {n}: out[{s.row}][{s.col}] = {how} = {matrix_text(s.value, '')}")
+            window = np.array(s["window"])
+            vals = " ".join(matrix_text(window, "").split())
+            how = f"max({vals.replace(' ', ', ')})" if mode == "max" else f"({vals.replace(' ', ' + ')}) / {window.size}"
+            print(f"  step {n}: out[{s['row']}][{s['col']}] = {how} = {matrix_text(s['value'], '')}")
         print(f"{mode} pooled {oh}x{ow}:\n{matrix_text(out)}")
     return 0
 

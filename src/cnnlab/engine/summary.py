@@ -26,6 +26,9 @@ class LayerRow:
     output_shape: list   # without the batch dimension
     parameters: int
     macs: int
+    receptive_field: list | None = None   # [h, w] input pixels one unit sees; None: a layer without space
+    jump: list | None = None               # [h, w] input pixels between neighbouring units
+    activation_bytes: int = 0              # the output for one image in float32
 
 
 @dataclass
@@ -35,10 +38,90 @@ class Summary:
     layers: list = field(default_factory=list)
     parameters: int = 0
     macs: int = 0
+    activation_bytes: int = 0   # every layer's output for one image, float32, added up
 
     def to_json(self) -> dict:
         return {"model": self.model, "input_shape": self.input_shape, "parameters": self.parameters,
-                "macs": self.macs, "layers": [asdict(r) for r in self.layers]}
+                "macs": self.macs, "activation_bytes": self.activation_bytes,
+                "layers": [asdict(r) for r in self.layers]}
+
+
+# --- Receptive fields: which input pixels a unit sees ------------------------------------------
+
+@dataclass(frozen=True)
+class Window:
+    """How a layer reads its input along one axis: output index i sees input indices
+    i * stride - padding ... i * stride - padding + kernel - 1 (kernel already dilated).
+    Adaptive pooling has windows of varying length instead: n_in, n_out give them exactly."""
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    n_in: int = 0
+    n_out: int = 0
+
+    def span(self, first: int, last: int) -> tuple[int, int]:
+        """Input indices (inclusive, before clipping to the input) that outputs first..last read."""
+        if self.n_out:
+            return first * self.n_in // self.n_out, -(-(last + 1) * self.n_in // self.n_out) - 1
+        return first * self.stride - self.padding, last * self.stride - self.padding + self.kernel - 1
+
+
+def _two(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def windows(module: nn.Module, input_shape, output_shape) -> tuple[Window, Window] | None:
+    """The (height, width) windows of a layer given its input and output shapes [C, H, W];
+    None for a layer whose output has no space (flatten, linear) or that it does not know."""
+    if len(input_shape) != 3 or len(output_shape) != 3:
+        return None
+    if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        k = _two(module.kernel_size)
+        d = _two(getattr(module, "dilation", 1))
+        s = _two(module.stride if module.stride is not None else module.kernel_size)
+        eff = [d[a] * (k[a] - 1) + 1 for a in (0, 1)]
+        p = module.padding
+        if isinstance(p, str):  # 'same' keeps the size, 'valid' pads nothing
+            p = [(e - 1) // 2 for e in eff] if p == "same" else (0, 0)
+        p = _two(p)
+        return tuple(Window(eff[a], s[a], p[a]) for a in (0, 1))
+    if isinstance(module, (nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)):
+        return tuple(Window(-(-n // o), max(n // o, 1), 0, n, o)
+                     for n, o in zip(input_shape[1:], output_shape[1:]))
+    if list(input_shape[1:]) == list(output_shape[1:]):
+        return Window(), Window()  # element-wise: activations, normalisation, dropout
+    return None
+
+
+def unit_field(layers: list[tuple[Window, Window]], row: int, col: int) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right), inclusive, of the input pixels unit (row, col) of the last of
+    `layers` (listed from the input on) can see; may reach into the padding outside the image."""
+    top, bottom, left, right = row, row, col, col
+    for wh, ww in reversed(layers):
+        top, bottom = wh.span(top, bottom)
+        left, right = ww.span(left, right)
+    return top, left, bottom, right
+
+
+def receptive_fields(geometry: list) -> list[tuple[list, list] | None]:
+    """(receptive field, jump), each [h, w], for layers with these windows (windows(),
+    first layer first); None from the first layer without space (or unknown geometry) on."""
+    rf, jump, out = [1, 1], [1, 1], []
+    for w in geometry:
+        if w is None or (out and out[-1] is None):
+            out.append(None)
+            continue
+        rf = [rf[a] + (w[a].kernel - 1) * jump[a] for a in (0, 1)]
+        jump = [jump[a] * w[a].stride for a in (0, 1)]
+        out.append((list(rf), list(jump)))
+    return out
+
+
+def _fields(rows: list[LayerRow], shapes: list[tuple]) -> None:
+    """Fill each row's receptive field and jump, in the order the forward pass ran the layers."""
+    for r, found in zip(rows, receptive_fields([windows(m, i, o) for m, i, o in shapes])):
+        if found is not None:
+            r.receptive_field, r.jump = found
 
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -87,6 +170,7 @@ def describe(module: nn.Module) -> str:
     return " ".join(module.extra_repr().split())
 
 
+
 def summarize(model: nn.Module | str, input_shape=(1, 28, 28), num_classes: int = 10) -> Summary:
     """Per-layer output shape, parameters and MACs for one input of shape (C, H, W)."""
     input_shape = tuple(int(s) for s in input_shape)
@@ -100,6 +184,7 @@ def summarize(model: nn.Module | str, input_shape=(1, 28, 28), num_classes: int 
     device = first.device if first is not None else torch.device("cpu")
 
     rows: list[LayerRow] = []
+    shapes: list[tuple] = []   # (module, input shape, output shape) per row
     hooks = []
     for qual, module in model.named_modules():
         if any(True for _ in module.children()):
@@ -110,8 +195,9 @@ def summarize(model: nn.Module | str, input_shape=(1, 28, 28), num_classes: int 
             own = sum(p.numel() for p in module.parameters(recurse=False))
             # A module called twice is listed twice but its parameters are counted once.
             seen = any(r.name == qual for r in rows)
-            rows.append(LayerRow(qual, type(module).__name__, describe(module),
-                                 list(out.shape[1:]), 0 if seen else own, layer_macs(module, out)))
+            rows.append(LayerRow(qual, type(module).__name__, describe(module), list(out.shape[1:]),
+                                 0 if seen else own, layer_macs(module, out), activation_bytes=4 * out[0].numel()))
+            shapes.append((module, tuple(inputs[0].shape[1:]) if inputs else (), tuple(out.shape[1:])))
         hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
@@ -128,8 +214,12 @@ def summarize(model: nn.Module | str, input_shape=(1, 28, 28), num_classes: int 
             h.remove()
         model.train(was_training)
 
+    _fields(rows, shapes)
     total = sum(p.numel() for p in model.parameters())
     listed = sum(r.parameters for r in rows)
     if total != listed:  # parameters held directly by a container, outside any leaf layer
         rows.append(LayerRow("(other)", "", "parameters outside leaf layers", [], total - listed, 0))
-    return Summary(name, list(input_shape), rows, total, sum(r.macs for r in rows))
+    return Summary(name, list(input_shape), rows, total, sum(r.macs for r in rows),
+                   sum(r.activation_bytes for r in rows))
+
+
