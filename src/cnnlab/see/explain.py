@@ -2,9 +2,8 @@
 
 trace_layers records every layer's input and output with forward hooks (trace keeps the conv and
 pooling ones), in the order the forward pass runs them, so any model in the registry works however
-its layers are nested. saliency is the
-input gradient; grad_cam is Grad-CAM (Selvaraju et al. 2017); match_kernels compares learned
-filters with the lecture's hand-designed kernels.
+its layers are nested. saliency is the input gradient; grad_cam is Grad-CAM (Selvaraju et al.
+2017); match_kernels compares learned filters with the lecture's hand-designed kernels.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import CnnlabError
 from ..lecture import conv, kernels, pool
+from ..runs.folder import ENSEMBLE
 from ..runs.predict import Classifier
 from ..see import network
 from .requests import RequestError, array_image, read_body, typed_matrix
@@ -105,6 +107,9 @@ class _Traces:
         if t is None:
             raise RequestError(409, f"{self.clf.source} is an exported ONNX graph: cnnlab can only look inside "
                                     f"a run folder; serve the run folder to see the layers")
+        if t.name == ENSEMBLE:  # several networks averaged: their layers are not one chain
+            raise RequestError(409, f"{self.clf.source} is an ensemble; serve one of its networks to look inside "
+                                    f"it, such as {Path(self.clf.source) / t.config['members'][0]}")
         key = img.tobytes()
         with self.clf.lock:
             if key not in self.kept:
