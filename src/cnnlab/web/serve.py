@@ -12,6 +12,9 @@ works offline) and a small JSON API:
   GET  /api/filters    the learned first-layer filters
   POST /api/kernel     a hand-designed or typed-in kernel applied to an image
 
+and the routes of web/training.py (train from the page), web/runs.py (the run browser) and
+web/robustness.py (move the drawing, find the smallest change that flips it).
+
 Every request error is a JSON {"error": "..."} with a 4xx status, and the server keeps serving.
 """
 
@@ -33,25 +36,23 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
+from ..engine.data import DIGITS
 from ..engine.models import count_parameters
 from ..errors import CnnlabError
 from ..lecture import conv, kernels
 from ..runs.folder import read_metrics
 from ..runs.predict import Classifier, ImageError, load_classifier, open_image, predict_images
+from ..see.browse import is_run, latest_finished
 from ..see.explain import trace
 from ..see.gallery import downscale, to_gray
+from . import robustness, runs, training
+from .shared import RequestError, array_image
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_UPLOAD = 5 * 1024 * 1024           # bytes; larger requests get 413
 PLAYGROUND_SIZE = 160                   # uploaded images are shrunk to this many pixels per side
 STATUS_FOR_KIND = {"not_image": 415, "too_large": 413, "empty": 400, "corrupt": 400, "blank": 400,
                    "unreadable": 400}
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 # --- kernels for the playground ---------------------------------------------------------------
@@ -164,22 +165,6 @@ async def parse_upload(request: Request) -> tuple[str, object, dict]:
                             f"'file' field, an image/* body, or application/json")
 
 
-def array_image(value, size: int | None = 28, name: str = "image") -> np.ndarray:
-    """A JSON 2-D array of 0-255 numbers -> float32; shape must be size x size when size is given."""
-    try:
-        a = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise RequestError(422, f"'{name}' must be a 2-D array of numbers (rows of equal length)") from None
-    if size is not None and a.shape != (size, size):
-        raise RequestError(422, f"'{name}' has shape {list(a.shape)}; expected [{size}, {size}] "
-                                f"(28 rows of 28 numbers 0-255, white digit on black)")
-    if a.ndim != 2 or min(a.shape) < 1 or max(a.shape) > 1024:
-        raise RequestError(422, f"'{name}' has shape {list(a.shape)}; expected a 2-D array up to 1024x1024")
-    if not np.isfinite(a).all() or a.min() < 0 or a.max() > 255:
-        raise RequestError(422, f"'{name}' values must be numbers from 0 to 255")
-    return a.astype(np.float32)
-
-
 def _image_error(e: ImageError) -> RequestError:
     return RequestError(STATUS_FOR_KIND.get(e.kind, 400), str(e))
 
@@ -207,16 +192,45 @@ def model_info(clf: Classifier) -> dict:
     return info
 
 
-def create_app(model: str | Path | Classifier) -> FastAPI:
-    clf = model if isinstance(model, Classifier) else load_classifier(model)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def create_app(model: str | Path | Classifier, *, runs_dir: str | Path | None = None, allow_training: bool = True,
+               why_not: str = "", data_dir=None) -> FastAPI:
+    """The explorer for a run folder, an exported .onnx file, or a folder of runs (the newest
+    finished one is loaded; none yet: the page can train one). runs_dir is the run browser's folder
+    and where page trainings go (default: the folder of runs, or the folder holding the run)."""
+    clf, root = _open(model, runs_dir)
     info = model_info(clf)
     app = FastAPI(title="cnnlab", version=__version__, docs_url="/api/docs", redoc_url=None)
-    app.state.classifier = clf
+    app.state.classifier, app.state.info = clf, info
     _add_pages(app, info)
     _add_model_routes(app, clf)
     _add_kernel_route(app)
+    training.add_routes(app, root, allow_training, why_not, data_dir)
+    runs.add_routes(app, root, allow_training, why_not, data_dir, use_model=lambda path: _use_model(app, path))
+    robustness.add_routes(app, feature_maps)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def _open(model, runs_dir) -> tuple[Classifier, Path]:
+    if isinstance(model, Classifier):
+        return model, Path(runs_dir or "runs")
+    path = Path(model)
+    if path.is_dir() and not is_run(path):  # a folder of runs
+        latest = latest_finished(path)
+        clf = load_classifier(latest) if latest else Classifier(f"no finished run in {path} yet", DIGITS, 0.5, 0.5)
+        return clf, Path(runs_dir or path)
+    return load_classifier(path), Path(runs_dir or path.parent)
+
+
+def _use_model(app: FastAPI, path: Path) -> dict:
+    """The explorer answers with the run at `path` from now on (the run browser's Explore)."""
+    app.state.classifier.take(load_classifier(path))
+    app.state.info.clear()
+    app.state.info.update(model_info(app.state.classifier))
+    return app.state.info
 
 
 def _add_pages(app: FastAPI, info: dict) -> None:
@@ -258,6 +272,8 @@ def _add_model_routes(app: FastAPI, clf: Classifier) -> None:
         want_features = str(request.query_params.get("features", fields.get("features", "0"))).lower() in ("1", "true", "yes")
 
         def work():
+            if not clf.loaded:
+                raise RequestError(409, "no model is loaded yet: train one in the Train tab or pick a run in Runs")
             if kind == "json":
                 if "image" not in payload:
                     raise RequestError(422, 'JSON body needs an "image" field: 28 rows of 28 numbers 0-255')
@@ -302,8 +318,14 @@ def _add_kernel_route(app: FastAPI) -> None:
         return await run_in_threadpool(work)
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
-    app = create_app(model)
+def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", *,
+          allow_training: bool = False, runs_dir=None, data_dir=None) -> None:
+    """Serve the explorer. Training from the page (and changing its model) is on where only this
+    machine can reach the server, elsewhere only with allow_training: it uses this machine's CPU."""
+    allowed = allow_training or host in LOOPBACK
+    app = create_app(model, runs_dir=runs_dir, allow_training=allowed, data_dir=data_dir,
+                     why_not=f"training from the page is off because the server listens on {host}, where other "
+                             f"machines can reach it; restart it with --allow-training to allow it")
     # Check the address first: uvicorn would log a traceback-like error and exit on its own.
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -315,7 +337,9 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_leve
     print(f"cnnlab serve: {info_line(app)} at http://{host}:{port}/  (Ctrl+C stops)", flush=True)
     # A longer keep-alive than uvicorn's 5 s: busy clients reuse connections instead of racing
     # the server closing them.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30)
+    # timeout_graceful_shutdown: on Ctrl-C, open event streams (a page following a training) are
+    # closed after a few seconds, so that shutdown goes on to stop the training with its checkpoint.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30, timeout_graceful_shutdown=3)
 
 
 def info_line(app: FastAPI) -> str:
