@@ -21,6 +21,7 @@ Every request error is a JSON {"error": "..."} with a 4xx status, and the server
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import re
 import socket
@@ -192,7 +193,15 @@ def model_info(clf: Classifier) -> dict:
     return info
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+def training_allowed(host: str, allow_training: bool = False) -> bool:
+    """Training from the page uses this machine's CPU: on where only this machine can reach the
+    server (a loopback address), elsewhere only when asked for."""
+    if allow_training or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: other machines may reach it
+        return False
 
 
 def create_app(model: str | Path | Classifier, *, runs_dir: str | Path | None = None, allow_training: bool = True,
@@ -322,7 +331,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_leve
           allow_training: bool = False, runs_dir=None, data_dir=None) -> None:
     """Serve the explorer. Training from the page (and changing its model) is on where only this
     machine can reach the server, elsewhere only with allow_training: it uses this machine's CPU."""
-    allowed = allow_training or host in LOOPBACK
+    allowed = training_allowed(host, allow_training)
     app = create_app(model, runs_dir=runs_dir, allow_training=allowed, data_dir=data_dir,
                      why_not=f"training from the page is off because the server listens on {host}, where other "
                              f"machines can reach it; restart it with --allow-training to allow it")
@@ -334,7 +343,8 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_leve
     except OSError as e:
         raise CnnlabError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port "
                           f"or stop the program using it") from None
-    print(f"cnnlab serve: {info_line(app)} at http://{host}:{port}/  (Ctrl+C stops)", flush=True)
+    print(f"cnnlab serve: {info_line(app)} at http://{host}:{port}/; runs in {app.state.trainer.root}, training "
+          f"from the page {'on' if allowed else 'off (--allow-training turns it on)'}  (Ctrl+C stops)", flush=True)
     # A longer keep-alive than uvicorn's 5 s: busy clients reuse connections instead of racing
     # the server closing them.
     # timeout_graceful_shutdown: on Ctrl-C, open event streams (a page following a training) are

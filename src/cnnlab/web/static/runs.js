@@ -146,15 +146,16 @@
         if (!two) loss.push({ points: h.points.map((p) => [x(p), p.loss]), color: "#c7d2fe", width: 1 });
         loss.push({ points: P.smooth(h.points.map((p) => [x(p), p.loss])), color: c, width: 2, label: name + "loss (smoothed)" });
       }
-      loss.push({ points: h.epochs.map((e) => [e.epoch, e.mean_loss]), color: two ? c : "#111827", dots: 4, dotsOnly: h.points.length > 0,
-                  label: h.points.length ? (two ? "" : "epoch mean") : name + "epoch mean loss" });
+      // An epoch's mean loss is drawn mid-epoch: it averages the whole epoch, not its end.
+      loss.push({ points: h.epochs.map((e) => [e.epoch - 0.5, e.mean_loss]), color: two ? c : "#111827", dots: 4,
+                  dotsOnly: h.points.length > 0, label: h.points.length ? (two ? "" : "epoch mean") : name + "epoch mean loss" });
       acc.push({ points: h.snapshots.map((s) => [x(s), s.test_accuracy]), color: two ? c : "#059669", width: 2, dots: 2,
                  label: name + "test accuracy" });
       acc.push({ points: h.epochs.map((e) => [e.epoch, e.test_accuracy]), color: two ? c : "#111827", dots: 4, dotsOnly: true });
     });
     const xOpts = { xMin: 0, xMax, xLabel: "epochs" };
     P.lineChart(document.querySelector(lossId), loss, { ...xOpts, title: "training loss", yMin: 0 });
-    P.lineChart(document.querySelector(accId), acc, { ...xOpts, title: "test accuracy", yMax: 1,
+    P.lineChart(document.querySelector(accId), acc, { ...xOpts, title: "test accuracy", yMin: 0, yMax: 1,
       yFormat: (y) => (100 * y).toFixed(y > 0.9 ? 1 : 0) + "%" });
   }
 

@@ -18,7 +18,7 @@
       <label>Epochs <input id="train-epochs" name="epochs" type="number" min="1" max="10000" value="2"></label>
       <label>Training images <input id="train-limit" name="limit_train" type="number" min="1" value="10000"></label>
       <label>Test images <input id="train-limit-test" name="limit_test" type="number" min="1" placeholder="all"></label>
-      <label>Filter snapshots per epoch <input id="train-snapshots" name="snapshots" type="number" min="1" max="1000" value="10"></label>
+      <label>Snapshots per epoch <input id="train-snapshots" name="snapshots" type="number" min="1" max="1000" value="10"></label>
       <div class="train-buttons">
         <button id="train-start" type="submit">Start</button>
         <button id="train-stop" type="button" class="secondary" disabled>Stop</button>
@@ -129,7 +129,7 @@
     P.lineChart($("train-loss"), [
       { points: run.points.map((p) => [p.x, p.loss]), color: "#c7d2fe", width: 1, label: "loss (per point)" },
       { points: P.smooth(run.points.map((p) => [p.x, p.loss])), color: "#2563eb", width: 2, label: "smoothed" },
-      { points: run.epochEnds.map((e) => [e.x, e.mean_loss]), color: "#111827", dots: 4, dotsOnly: true, label: "epoch mean" },
+      { points: run.epochEnds.map((e) => [e.epoch - 0.5, e.mean_loss]), color: "#111827", dots: 4, dotsOnly: true, label: "epoch mean" },
     ], { ...xOpts, title: "training loss", yMin: 0 });
     P.lineChart($("train-acc"), [
       { points: run.snapshots.map((s) => [s.x, s.test_accuracy]), color: "#059669", width: 2, dots: 2.5, label: "test accuracy" },
