@@ -118,6 +118,14 @@ def serve(root: Path):
     raise SystemExit("the server did not start")
 
 
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="simple_cnn")
@@ -143,7 +151,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait()
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load_before:.1f} "
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs, load average {load_before:.1f} "
           f"before, {os.getloadavg()[0]:.1f} after; {args.model}, {args.epochs} epoch(s) on {args.limit_train:,} images")
     print("| how | whole time (s) | training (s) | images/s | first live update (s) | live updates/s | "
           "predict p50 / p99 idle (ms) | ... while training (ms) |")
