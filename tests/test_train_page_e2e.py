@@ -187,7 +187,7 @@ def test_train_stop_resume_and_explore_from_the_page(server, root, browser, tmp_
     phone.click(f"#runs-table tr[data-run='{run}'] button.link")
     phone.wait_for_function(f"document.querySelector('#runs-view').dataset.open === '{run}'", timeout=LIVE)
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
-    phone.locator("#runs-view").screenshot(path=str(shots / "runs-phone.png"))
+    phone.locator("#runs-view").screenshot(path=str(tmp_path / "runs-phone.png"))
     phone.close()
     assert not errors, errors
 

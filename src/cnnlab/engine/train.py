@@ -379,7 +379,6 @@ class _Run:
         self.history = bool(self.run_dir) and self.procs.main  # (only rank 0 writes)
         self.window, self.window_steps = torch.zeros((), dtype=torch.float64, device=self.device), 0
         self.point_every = max(1, self.steps // HISTORY_POINTS)
-        self.snapshot_every = max(1, self.steps // self.cfg.snapshots)
         if not self.history:
             return
         here = self.epoch * self.steps + self.step
@@ -392,7 +391,8 @@ class _Run:
             self._snapshot(0, 0)
 
     def _history_step(self, epoch: int, step: int, loss, loss_sum, start: float) -> None:
-        """The loss since the last point, every point_every steps; a snapshot every snapshot_every."""
+        """The loss since the last point, every point_every steps; --snapshots N: a snapshot at each
+        k/N of the epoch (the last one, at its end, is _history_epoch's)."""
         if not self.history:
             return
         self.window += loss.detach().double()
@@ -405,7 +405,7 @@ class _Run:
                          images_per_second=round(min((step + 1) * self.cfg.batch_size, len(self.labels)) / seconds, 1))
             self.window.zero_()
             self.window_steps = 0
-        if (step + 1) % self.snapshot_every == 0 and not last:
+        if (step + 1) * self.cfg.snapshots // self.steps > step * self.cfg.snapshots // self.steps and not last:
             self._snapshot(epoch, here)
 
     def _history_epoch(self, stats: EpochStats, here: int) -> None:

@@ -347,9 +347,14 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_leve
           f"from the page {'on' if allowed else 'off (--allow-training turns it on)'}  (Ctrl+C stops)", flush=True)
     # A longer keep-alive than uvicorn's 5 s: busy clients reuse connections instead of racing
     # the server closing them.
-    # timeout_graceful_shutdown: on Ctrl-C, open event streams (a page following a training) are
-    # closed after a few seconds, so that shutdown goes on to stop the training with its checkpoint.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30, timeout_graceful_shutdown=3)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30))
+    # On Ctrl-C uvicorn waits for open responses before shutting down (and stopping a training):
+    # the event streams of pages following a training end as soon as it begins to.
+    app.state.shutting_down = lambda: server.should_exit
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl-C again once it has shut down (as uvicorn.run, quietly)
+        pass
 
 
 def info_line(app: FastAPI) -> str:

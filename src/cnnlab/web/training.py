@@ -196,7 +196,8 @@ async def events(trainer: Trainer, request: Request, offset: int):
     if job is None:
         yield _sse("status", {"state": "idle"})
         return
-    while not await request.is_disconnected():
+    shutting_down = getattr(request.app.state, "shutting_down", lambda: False)  # (set by serve())
+    while not (shutting_down() or await request.is_disconnected()):
         running = job.running  # (read before the history, so its last lines are sent before the end)
         new, offset = read_history(job.run_dir, offset)
         if new:
