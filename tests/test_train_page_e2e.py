@@ -5,6 +5,7 @@ runs; and move the drawn digit and find the smallest change that flips it."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from cnnlab.runs import folder
 from conftest import DATA_DIR, SRC, run_cli
@@ -63,6 +65,12 @@ def shots_dir(tmp_path) -> Path:
     shots = Path(os.environ.get("CNNLAB_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     return shots
+
+
+def screenshot(locator, path: Path) -> None:
+    """A PNG of the element in 128 colours: a third of the size, the same picture for the docs."""
+    image = Image.open(io.BytesIO(locator.screenshot())).convert("RGB")
+    image.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def painted(page, selector: str, rgb: tuple[int, int, int], tolerance: int = 40) -> int:
@@ -121,12 +129,13 @@ def test_train_stop_resume_and_explore_from_the_page(server, root, browser, tmp_
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server + "/")
     page.wait_for_function("Number(document.querySelector('#train-view').dataset.updates || 0) >= 3", timeout=LIVE)
+    assert (page.input_value("#train-epochs"), page.input_value("#train-limit")) == ("3", "2000")  # what it runs with
     deadline = time.monotonic() + 120
     while last_step(run_dir) <= max(seen, 40) and time.monotonic() < deadline:  # (40 of 96 steps: a curve to show)
         time.sleep(0.1)
     assert last_step(run_dir) > seen
     page.wait_for_function("Number(document.querySelector('#train-filters').dataset.step) >= 24", timeout=LIVE)
-    page.locator("#train-view").screenshot(path=str(shots / "train.png"))
+    screenshot(page.locator("#train-view"), shots / "train.png")
 
     # Stop keeps a checkpoint that `cnnlab train --resume` finishes.
     page.click("#train-stop")
@@ -167,7 +176,7 @@ def test_train_stop_resume_and_explore_from_the_page(server, root, browser, tmp_
     assert canvas_pixels(page, "#history-filters figure canvas") != end
     page.keyboard.press("End")
     assert canvas_pixels(page, "#history-filters figure canvas") == end
-    page.locator("#runs-view").screenshot(path=str(shots / "runs.png"))
+    screenshot(page.locator("#runs-view"), shots / "runs.png")
 
     # Two runs side by side: the quick run and this one, on the 500 test images both saw.
     for name in ("quick", run):
@@ -225,6 +234,6 @@ def test_move_the_drawing_and_find_the_smallest_change_that_flips_it(server, bro
     after = page.inner_text("#fgsm-adversarial-caption").split()[0]
     assert before == "7" and after != "7"
     assert f"ε = {epsilon} " in page.inner_text("#robust-fgsm-status")
-    page.locator("#robust-view").screenshot(path=str(shots_dir(tmp_path) / "robust.png"))
+    screenshot(page.locator("#robust-view"), shots_dir(tmp_path) / "robust.png")
     page.close()
     assert not errors, errors

@@ -87,8 +87,18 @@
   });
 
   // ---- following a training ---------------------------------------------------------------------
+  // The form shows what the followed training was started with (a page opened later, too).
+  function showSettings(given) {
+    if (!given || !options) return;
+    const recipe = options.recipes[given.recipe] || {};   // what a setting left out was
+    const unset = { recipe: given.recipe, model: recipe.model, dataset: "mnist", epochs: recipe.epochs,
+                    limit_train: "", limit_test: "", snapshots: 1 };
+    for (const e of $("train-form").elements) if (e.name) e.value = given[e.name] ?? unset[e.name] ?? e.value;
+  }
+
   function follow(job) {
     if (source) source.close();
+    showSettings(job.settings);
     run = fresh();
     run.name = job.run;
     view.dataset.run = job.run;
