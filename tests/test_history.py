@@ -32,6 +32,7 @@ def straight(data_dir, tmp_path_factory):
 
 def test_every_run_keeps_its_history(straight, data_dir):
     events, _ = folder.read_history(straight.run_dir)
+    assert {e["kind"] for e in events} | {"resume"} == set(folder.HISTORY_KINDS)  # (the documented kinds)
     assert events[0] == {"kind": "start", "epoch": 0, "step": 0, "steps_per_epoch": 20, "epochs": 2,
                          "train_images": 1000, "batch_size": 50}
     steps = [e for e in events if e["kind"] == "step"]

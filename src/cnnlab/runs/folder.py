@@ -53,8 +53,9 @@ HISTORY_KINDS = {
     "step": "loss: mean batch loss since the previous step event; epoch_loss: mean over the epoch so "
             "far; seconds and images_per_second within the epoch",
     "epoch": "an epoch's metrics, the same numbers as its metrics.jsonl row",
-    "filters": "the first conv layer: layer, shape, trained (false for a fixed layer), weights (flat, "
-               "rounded to 5 decimals), test_accuracy on test_images test images",
+    "snapshot": "the first conv layer: layer (null without one), shape, trained (false for a layer that "
+                "is not trained), weights (flat, rounded to 5 decimals), and test_accuracy on test_images "
+                "test images",
 }
 ENSEMBLE = "ensemble"  # the "model" of an ensemble folder's config.json
 MEMBER = "member-{}"
