@@ -7,11 +7,13 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import cnnlab
 import cnnlab.engine.data
 from cnnlab.runs import folder
 from cnnlab.see.explain import match_kernels
+from cnnlab.see.robustness import transform
 from cnnlab.web.serve import create_app, training_allowed
 
 with warnings.catch_warnings():
@@ -184,6 +186,19 @@ def test_moving_the_digit_changes_what_the_network_sees(client, root, mnist_test
                           ({"image": [[0]]}, "'image' has shape [1, 1]")]:
         bad = client.post("/api/robustness", json=body)
         assert bad.status_code == 422 and message in bad.json()["error"]
+
+
+@pytest.mark.parametrize("moves", [dict(angle=30), dict(angle=-45, scale=1.2), dict(dx=2.5, dy=-1.5, angle=-40, scale=0.7)])
+def test_the_transform_is_torchvisions_affine(mnist_test, moves):
+    from torchvision.transforms import InterpolationMode  # (the server avoids importing torchvision: 4 s)
+    from torchvision.transforms.v2 import functional as TF
+
+    image = mnist_test.images[0].numpy()
+    expected = TF.affine(torch.from_numpy(image.astype(np.float32))[None], angle=moves.get("angle", 0.0),
+                         translate=[moves.get("dx", 0.0), moves.get("dy", 0.0)], scale=moves.get("scale", 1.0),
+                         shear=[0.0, 0.0], interpolation=InterpolationMode.BILINEAR, fill=0.0)[0]
+    got = transform(image, **moves).astype(int)
+    assert np.abs(got - expected.round().numpy().astype(int)).max() <= 1  # (rounding of the same bilinear values)
 
 
 def test_the_smallest_gradient_sign_step_flips_the_prediction(client, mnist_test):

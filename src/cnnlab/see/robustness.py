@@ -9,11 +9,11 @@ of a few grey levels per pixel, invisible to people, can change its mind.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from ..runs.folder import TrainedModel
 
@@ -23,11 +23,18 @@ MAX_EPSILON = 128  # the largest step tried, in grey levels (0-255)
 def transform(image_u8: np.ndarray, dx: float = 0.0, dy: float = 0.0, angle: float = 0.0,
               scale: float = 1.0) -> np.ndarray:
     """The image moved dx pixels right and dy down, turned `angle` degrees clockwise and scaled
-    about its centre (torchvision's affine, bilinear, black fill), as uint8 again."""
-    x = torch.from_numpy(np.ascontiguousarray(image_u8, dtype=np.float32))[None]
-    out = TF.affine(x, angle=float(angle), translate=[float(dx), float(dy)], scale=float(scale),
-                    shear=[0.0, 0.0], interpolation=InterpolationMode.BILINEAR, fill=0.0)
-    return out[0].round().clamp(0, 255).to(torch.uint8).numpy()
+    about its centre (bilinear, black outside), as uint8 again. PyTorch's affine_grid and
+    grid_sample do the sampling: each output pixel p reads the input at A (p - t), A being the
+    inverse rotation over the scale (in coordinates where the image spans -1..1)."""
+    h, w = image_u8.shape
+    a = math.radians(angle)
+    inverse = torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]], dtype=torch.float64) / scale
+    shift = torch.tensor([2.0 * dx / w, 2.0 * dy / h], dtype=torch.float64)
+    theta = torch.cat([inverse, (-inverse @ shift)[:, None]], dim=1)[None].float()
+    x = torch.from_numpy(np.ascontiguousarray(image_u8, dtype=np.float32))[None, None]
+    grid = F.affine_grid(theta, [1, 1, h, w], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[0, 0].round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def _probabilities(trained: TrainedModel, images: torch.Tensor) -> torch.Tensor:
