@@ -165,6 +165,9 @@ class TrainConfig:
     patience: int | None = setting(None, "early stopping: stop after this many epochs without a better validation "
                                          "accuracy and keep the best epoch's weights (needs --val-split)",
                                    low=1, metavar="EPOCHS")
+    snapshots: int = setting(1, "snapshots of the first-layer filters (with the test accuracy on the first 1,000 "
+                                "test images) per epoch, kept in the run's history.jsonl; the last is at the "
+                                "epoch's end", low=1, high=1000, metavar="N")
 
     def validate(self) -> "TrainConfig":
         """Check every setting against its definition; SettingError names the first one out of bounds."""

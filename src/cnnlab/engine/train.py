@@ -48,6 +48,11 @@ from .processes import (
 # whitened first conv, 2,000 MNIST images give 392,000 patches, and 10,000 the same accuracy.
 INIT_SAMPLE = 2000
 
+# The run's history (runs/folder.py's HISTORY): about this many loss points per epoch, and the
+# test images a mid-epoch snapshot is measured on (~0.05 s for simple_cnn; an epoch's end uses all).
+HISTORY_POINTS = 50
+SNAPSHOT_TEST_IMAGES = 1000
+
 
 def _fused(params) -> dict:
     """fused=True where PyTorch has a fused Adam kernel for these tensors: one kernel per step
@@ -412,6 +417,7 @@ class _Run:
         clock = time.perf_counter()
         if not self.done:
             self.log(self._first_line())
+            self._history_begin()
             with _progress(progress) as bar:
                 self._epochs(bar, clock)
         self.result.train_seconds = round(time.perf_counter() - clock, 3)
@@ -449,6 +455,7 @@ class _Run:
                 losses[step] = loss.detach()
                 loss_sum += loss.detach().double()  # the true mean over the epoch, not the last batch
                 seen_total += len(y) * procs.world
+                self._history_step(epoch, step, loss, loss_sum, start)
                 if step % 20 == 0 or step == self.steps - 1:  # (float() waits for the device: not every step)
                     self._check_finite(float(loss_sum), losses, epoch, step)
                     bar.update(task, completed=step + 1, loss=float(loss_sum) / (step + 1),
@@ -539,6 +546,7 @@ class _Run:
                 finished = self._early_stopping(epoch, val_acc) or finished
             if self.run_dir:
                 folder.append_metrics(self.run_dir, asdict(stats))
+                self._history_epoch(stats, (epoch - 1) * self.steps + done)
             self.log(f"epoch {epoch}/{cfg.epochs}: mean loss {stats.mean_loss:.4f}, "
                      + (f"validation accuracy {val_acc:.2%}, " if val_acc is not None else "")
                      + f"test accuracy {acc:.2%}, {seconds:.1f} s ({stats.images_per_second:,.0f} img/s)"
@@ -551,6 +559,64 @@ class _Run:
         elif finished:
             self.log(f"early stopping: validation accuracy has not improved for {cfg.patience} epochs")
         return finished
+
+    # --- the history: what training looked like, for the explorer ------------------------------
+
+    def _history_begin(self) -> None:
+        """A new run records its start and its untrained filters; a resumed one forgets what was
+        recorded after its checkpoint (the checkpoint is the truth, as for metrics.jsonl)."""
+        self.history = bool(self.run_dir) and self.procs.main  # (only rank 0 writes)
+        self.window, self.window_steps = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        self.point_every = max(1, self.steps // HISTORY_POINTS)
+        if not self.history:
+            return
+        here = self.epoch * self.steps + self.step
+        if here:
+            folder.trim_history(self.run_dir, here)
+            self._record("resume", self.epoch + 1, here)
+        else:
+            self._record("start", 0, 0, steps_per_epoch=self.steps, epochs=self.cfg.epochs,
+                         train_images=len(self.labels), batch_size=self.cfg.batch_size)
+            self._snapshot(0, 0)
+
+    def _history_step(self, epoch: int, step: int, loss, loss_sum, start: float) -> None:
+        """The loss since the last point, every point_every steps; --snapshots N: a snapshot at each
+        k/N of the epoch (the last one, at its end, is _history_epoch's)."""
+        if not self.history:
+            return
+        self.window += loss.detach().double()
+        self.window_steps += 1
+        last, here = step == self.steps - 1, (epoch - 1) * self.steps + step + 1
+        if (step + 1) % self.point_every == 0 or last:
+            seconds = max(time.perf_counter() - start, 1e-9)  # (the epoch's, as the progress bar's)
+            self._record("step", epoch, here, loss=round(float(self.window) / self.window_steps, 5),
+                         epoch_loss=round(float(loss_sum) / (step + 1), 5), seconds=round(seconds, 3),
+                         images_per_second=round(min((step + 1) * self.cfg.batch_size, len(self.labels)) / seconds, 1))
+            self.window.zero_()
+            self.window_steps = 0
+        if (step + 1) * self.cfg.snapshots // self.steps > step * self.cfg.snapshots // self.steps and not last:
+            self._snapshot(epoch, here)
+
+    def _history_epoch(self, stats: EpochStats, here: int) -> None:
+        if self.history:
+            self._record("epoch", stats.epoch, here, **{k: v for k, v in asdict(stats).items() if k != "epoch"})
+            self._snapshot(stats.epoch, here, stats.test_accuracy, len(self.test_split))
+
+    def _snapshot(self, epoch: int, here: int, acc: float | None = None, images: int | None = None) -> None:
+        """The first conv layer's weights now, with the test accuracy (on the first
+        SNAPSHOT_TEST_IMAGES test images unless given). A model without convolutions: the accuracy."""
+        if acc is None:
+            test = self.test_split.subset(SNAPSHOT_TEST_IMAGES)
+            acc, images = self._accuracy(test), len(test)
+        name, conv = next(((n, m) for n, m in self.model.named_modules() if isinstance(m, torch.nn.Conv2d)),
+                          (None, None))
+        w = conv.weight.detach().float().cpu() if conv is not None else torch.empty(0)
+        self._record("snapshot", epoch, here, layer=name, shape=list(w.shape),
+                     trained=bool(conv is not None and conv.weight.requires_grad),
+                     weights=[round(v, 5) for v in w.flatten().tolist()], test_accuracy=acc, test_images=images)
+
+    def _record(self, kind: str, epoch: int, step: int, **values) -> None:
+        folder.append_history(self.run_dir, {"kind": kind, "epoch": epoch, "step": step, **values})
 
     def _early_stopping(self, epoch: int, val_acc: float) -> bool:
         """Keep the best epoch's weights; True after `patience` epochs without a better one."""

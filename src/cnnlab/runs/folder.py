@@ -6,6 +6,10 @@ A run folder holds
   metrics.jsonl           one JSON object per epoch
   checkpoint.safetensors  everything needed to resume training (engine/checkpoint.py)
   .lock                   while a process writes the run: who it is (claim(); gone when it ends)
+  history.jsonl           what training looked like as it went, one JSON event a line (HISTORY_KINDS):
+                          the smoothed loss every few steps, each epoch's metrics, and small
+                          snapshots of the first conv layer's weights (with the test accuracy then)
+                          at the start, at the end of every epoch and --snapshots times per epoch
 
 An ensemble folder holds ordinary run folders member-1/, member-2/, ... and its own config.json:
 {"model": "ensemble", "members": ["member-1", ...], dataset, classes, normalization}. It loads as
@@ -50,6 +54,19 @@ from .inference import TTA, Ensemble, predict_logits
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+HISTORY = "history.jsonl"
+# Every history event has "kind", "epoch" (1-based; 0 before training) and "step" (steps done
+# since training began, over all epochs), so a resumed run can drop what came after its checkpoint.
+HISTORY_KINDS = {
+    "start": "training began: steps_per_epoch, epochs, train_images, batch_size",
+    "resume": "training continued from the checkpoint at this step",
+    "step": "loss: mean batch loss since the previous step event; epoch_loss: mean over the epoch so "
+            "far; seconds and images_per_second within the epoch",
+    "epoch": "an epoch's metrics, the same numbers as its metrics.jsonl row",
+    "snapshot": "the first conv layer: layer (null without one), shape, trained (false for a layer that "
+                "is not trained), weights (flat, rounded to 5 decimals), and test_accuracy on test_images "
+                "test images",
+}
 ENSEMBLE = "ensemble"  # the "model" of an ensemble folder's config.json
 MEMBER = "member-{}"
 LOCK = ".lock"
@@ -71,12 +88,13 @@ def versions() -> dict:
             "numpy": version("numpy"), "python": platform.python_version()}
 
 
-def new_run_dir(model: str, out: str | os.PathLike | None = None, log=None) -> "RunLock":
+def new_run_dir(model: str, out: str | os.PathLike | None = None, log=None,
+                parent: str | os.PathLike = "runs") -> "RunLock":
     """Create and claim a run folder: --out if given (it must not hold anything yet), else
-    runs/<date-time>-<model>/. The caller holds the returned lock until the run ends."""
+    PARENT/<date-time>-<model>/. The caller holds the returned lock until the run ends."""
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = Path("runs") / f"{stamp}-{model}"
+        base = Path(parent) / f"{stamp}-{model}"
         base.parent.mkdir(parents=True, exist_ok=True)
         path, i = base, 1
         while True:
@@ -300,6 +318,60 @@ def read_metrics(run_dir) -> list[dict]:
             except (ValueError, RecursionError):
                 raise RunError(f"{path} line {n} is not valid JSON; the metrics file is corrupt") from None
     return rows
+
+
+def append_history(run_dir, event: dict) -> None:
+    """Add one event to the run's history.jsonl: a single append of one whole line, so a reader
+    sees complete lines and at most the start of the line being written. (No fsync: the history
+    is a picture of training, not needed to resume it; the checkpoint is.)"""
+    line = (json.dumps(_finite(event), separators=(",", ":")) + "\n").encode()
+    fd = os.open(Path(run_dir) / HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        while line:
+            line = line[os.write(fd, line):]
+    finally:
+        os.close(fd)
+
+
+def _finite(value):
+    """value with NaN and infinities as null (a diverged loss): JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def read_history(run_dir, offset: int = 0) -> tuple[list[dict], int]:
+    """(events, offset after them) from byte `offset` of history.jsonl: complete lines only, so
+    a caller following a training passes the offset back to get what was added since. A damaged
+    line (a crash mid-write) is skipped: the rest of the history still shows."""
+    path = Path(run_dir) / HISTORY
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            raw = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = raw.rfind(b"\n") + 1
+    events = []
+    for line in raw[:end].splitlines():
+        try:
+            event = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(event, dict) and "kind" in event:
+            events.append(event)
+    return events, offset + end
+
+
+def trim_history(run_dir, step: int) -> None:
+    """Keep the events up to `step` (a resumed run continues from its checkpoint there)."""
+    events, _ = read_history(run_dir)
+    atomic_write(Path(run_dir) / HISTORY, "".join(json.dumps(e, separators=(",", ":")) + "\n"
+                                                  for e in events if e.get("step", 0) <= step))
 
 
 def read_config(run_dir) -> dict:

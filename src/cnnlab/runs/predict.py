@@ -18,7 +18,7 @@ import io
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +160,18 @@ class Classifier:
         # One model, many server threads: forward passes (and the hooks that read feature maps)
         # take turns. Each pass on one image is about a millisecond.
         self.lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Is there a network to ask (a server over a folder without a finished run has none yet)?"""
+        return self.trained is not None or self.session is not None
+
+    def take(self, other: "Classifier") -> None:
+        """Answer with `other`'s model from now on. A server's routes hold this one object, so
+        it changes in place, between two forward passes."""
+        with self.lock:
+            for f in fields(self):
+                setattr(self, f.name, getattr(other, f.name))
 
     def prepare(self, image: Image.Image, name: str = "image") -> np.ndarray:
         """An opened image file -> the uint8 [28, 28] input this model was trained on.

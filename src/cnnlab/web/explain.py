@@ -100,7 +100,7 @@ class _Traces:
 
     def __init__(self, clf: Classifier):
         self.clf = clf
-        self.kept: OrderedDict[bytes, network.Network] = OrderedDict()
+        self.kept: OrderedDict[tuple, network.Network] = OrderedDict()
 
     def get(self, img: np.ndarray) -> network.Network:
         t = self.clf.trained
@@ -110,7 +110,7 @@ class _Traces:
         if t.name == ENSEMBLE:  # several networks averaged: their layers are not one chain
             raise RequestError(409, f"{self.clf.source} is an ensemble; serve one of its networks to look inside "
                                     f"it, such as {Path(self.clf.source) / t.config['members'][0]}")
-        key = img.tobytes()
+        key = (id(t.model), img.tobytes())  # (the run browser can swap the served model)
         with self.clf.lock:
             if key not in self.kept:
                 x = t.preprocess(torch.from_numpy(img[None].copy()))

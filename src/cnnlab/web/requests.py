@@ -187,3 +187,22 @@ def typed_matrix(value, what: str, max_side: int) -> np.ndarray:
     if not np.isfinite(m).all():
         raise RequestError(422, f"{what} values must be finite numbers")
     return m
+
+
+MAX_JSON = 64 * 1024  # bytes of a JSON request that is not an image upload
+
+
+async def read_json(request: Request):
+    """A small JSON body (any JSON value), refused while reading once it passes MAX_JSON (413);
+    NaN, Infinity, huge integers and deep nesting are refused as in parse_json."""
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_JSON:
+            raise RequestError(413, f"the request is over {MAX_JSON // 1024} KB; send a small JSON object")
+    try:
+        return json.loads(raw or b"null", parse_constant=_no_constants)
+    except RecursionError:
+        raise RequestError(400, "request JSON is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError(400, "request body is not valid JSON") from None

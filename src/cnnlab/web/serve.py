@@ -18,11 +18,14 @@ keeps serving, and the client's keep-alive connection stays usable. Uploads are 
 decodes at a time; a decoded image is reduced to about 1024 pixels per side before any float copy
 exists (engine/images.py), so memory stays bounded however many clients upload at once.
 The explorer's views are web/explain.py's routes: the network layer by layer, a unit's arithmetic, the sliding window.
+The page's other views are the routes of web/training.py (train from the page), web/runs.py (the run
+browser) and web/robustness.py (move the drawing, find the smallest change that flips it).
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import socket
 from pathlib import Path
 
@@ -38,15 +41,17 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..engine.config import FOLDER
+from ..engine.data import DIGITS
 from ..engine.images import gray_image
 from ..engine.models import count_parameters
 from ..errors import CnnlabError
 from ..lecture import conv, kernels
 from ..runs.folder import read_metrics
 from ..runs.predict import Classifier, load_classifier, predict_images
+from ..see.browse import is_run, latest_finished
 from ..see.explain import trace
 from ..see.gallery import downscale
-from . import explain
+from . import explain, robustness, runs, training
 from .requests import (
     KERNEL_LIMIT,
     LOG,
@@ -179,18 +184,55 @@ class CatchAll:
                                    status_code=500)(scope, receive, send)
 
 
-def create_app(model: str | Path | Classifier) -> FastAPI:
-    clf = model if isinstance(model, Classifier) else load_classifier(model)
+def training_allowed(host: str, allow_training: bool = False) -> bool:
+    """Training from the page uses this machine's CPU: on where only this machine can reach the
+    server (a loopback address), elsewhere only when asked for."""
+    if allow_training or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: other machines may reach it
+        return False
+
+
+def create_app(model: str | Path | Classifier, *, runs_dir: str | Path | None = None, allow_training: bool = True,
+               why_not: str = "", data_dir=None) -> FastAPI:
+    """The explorer for a run folder, an exported .onnx file, or a folder of runs (the newest
+    finished one is loaded; none yet: the page can train one). runs_dir is the run browser's folder
+    and where page trainings go (default: the folder of runs, or the folder holding the run)."""
+    clf, root = _open(model, runs_dir)
     info = model_info(clf)
     app = FastAPI(title="cnnlab", version=__version__, docs_url="/api/docs", redoc_url=None)
-    app.state.classifier = clf
+    app.state.classifier, app.state.info = clf, info
     app.add_middleware(CatchAll)
     _add_pages(app, info)
     _add_model_routes(app, clf)
     _add_kernel_route(app)
     explain.add_routes(app, clf)
+    training.add_routes(app, root, allow_training, why_not, data_dir)
+    runs.add_routes(app, root, allow_training, why_not, data_dir, use_model=lambda path: _use_model(app, path))
+    robustness.add_routes(app, feature_maps)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def _open(model, runs_dir) -> tuple[Classifier, Path]:
+    if isinstance(model, Classifier):
+        return model, Path(runs_dir or "runs")
+    path = Path(model)
+    if path.is_dir() and not is_run(path):  # a folder of runs
+        latest = latest_finished(path)
+        clf = load_classifier(latest) if latest else Classifier(f"no finished run in {path} yet", DIGITS, 0.5, 0.5)
+        return clf, Path(runs_dir or path)
+    return load_classifier(path), Path(runs_dir or path.parent)
+
+
+def _use_model(app: FastAPI, path: Path) -> dict:
+    """The explorer answers with the run at `path` from now on (the run browser's Explore)."""
+    app.state.classifier.take(load_classifier(path))
+    app.state.info.clear()
+    app.state.info.update(model_info(app.state.classifier))
+    return app.state.info
 
 
 def _add_pages(app: FastAPI, info: dict) -> None:
@@ -234,6 +276,8 @@ def _add_model_routes(app: FastAPI, clf: Classifier) -> None:
         upload = await decoded(payload, lambda pil: clf.prepare(pil, name="upload")) if kind == "image" else None
 
         def work():
+            if not clf.loaded:
+                raise RequestError(409, "no model is loaded yet: train one in the Train tab or pick a run in Runs")
             if kind == "json":
                 if "image" not in payload:
                     raise RequestError(422, 'JSON body needs an "image" field: 28 rows of 28 numbers 0-255')
@@ -271,8 +315,14 @@ def _add_kernel_route(app: FastAPI) -> None:
         return await run_in_threadpool(work)
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
-    app = create_app(model)
+def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", *,
+          allow_training: bool = False, runs_dir=None, data_dir=None) -> None:
+    """Serve the explorer. Training from the page (and changing its model) is on where only this
+    machine can reach the server, elsewhere only with allow_training: it uses this machine's CPU."""
+    allowed = training_allowed(host, allow_training)
+    app = create_app(model, runs_dir=runs_dir, allow_training=allowed, data_dir=data_dir,
+                     why_not=f"training from the page is off because the server listens on {host}, where other "
+                             f"machines can reach it; restart it with --allow-training to allow it")
     # Check the address first: uvicorn would log a traceback-like error and exit on its own.
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -281,10 +331,18 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_leve
     except OSError as e:
         raise CnnlabError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port "
                           f"or stop the program using it") from None
-    print(f"cnnlab serve: {info_line(app)} at http://{host}:{port}/  (Ctrl+C stops)", flush=True)
+    print(f"cnnlab serve: {info_line(app)} at http://{host}:{port}/; runs in {app.state.trainer.root}, training "
+          f"from the page {'on' if allowed else 'off (--allow-training turns it on)'}  (Ctrl+C stops)", flush=True)
     # A longer keep-alive than uvicorn's 5 s: busy clients reuse connections instead of racing
     # the server closing them.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30))
+    # On Ctrl-C uvicorn waits for open responses before shutting down (and stopping a training):
+    # the event streams of pages following a training end as soon as it begins to.
+    app.state.shutting_down = lambda: server.should_exit
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl-C again once it has shut down (as uvicorn.run, quietly)
+        pass
 
 
 def info_line(app: FastAPI) -> str:
