@@ -142,6 +142,51 @@ def _resize(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.asarray(Image.fromarray(a.astype(np.float32), "F").resize((w, h), Image.LANCZOS), np.float32)
 
 
+# The paper's light as a quadratic surface a + bx + cy + dx^2 + exy + fy^2: exact for a lamp's
+# linear fall-off and a lens's radial vignette, too stiff to follow a stroke.
+SURFACE_FIT_SIZE = 64   # pixels per side of the copy the surface is fitted on
+SURFACE_ROUNDS = 6      # re-fits, each leaving out what stands out from the last fit (ink)
+PAPER_SLACK = 4.0       # grey levels within which clean, noise-free paper counts as paper
+
+
+def _paper_surface(g: np.ndarray) -> np.ndarray:
+    """The smooth light of the paper under image g, fitted to the paper pixels only.
+
+    Least squares on a shrunk copy, repeated with the pixels far from the last fit (ink, beyond
+    3 robust standard deviations of the paper's own noise) left out. The first fit uses the
+    middle 60% of grey levels, so ink, the minority at one end, barely enters it.
+    """
+    h, w = g.shape
+    s = min(1.0, SURFACE_FIT_SIZE / max(h, w))
+    small = _resize(g, max(2, round(h * s)), max(2, round(w * s))) if s < 1 else g
+    basis = _quadratic_basis(*small.shape)
+    values = small.ravel().astype(np.float64)
+    lo, hi = np.percentile(values, [20, 80])
+    paper = (values >= lo) & (values <= hi)
+    for _ in range(SURFACE_ROUNDS):
+        coef = np.linalg.lstsq(basis[paper], values[paper], rcond=None)[0]
+        residual = values - basis @ coef
+        paper = np.abs(residual) <= max(3 * _robust_std(residual[paper]), PAPER_SLACK)
+    return (_quadratic_basis(h, w) @ coef).reshape(h, w).astype(np.float32)
+
+
+def _robust_std(values: np.ndarray) -> float:
+    """The standard deviation of the bulk of values, from the median absolute deviation."""
+    return 1.4826 * float(np.median(np.abs(values - np.median(values)))) if values.size else 0.0
+
+
+def _quadratic_basis(h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[-1:1:h * 1j, -1:1:w * 1j]
+    x, y = x.ravel(), y.ravel()
+    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+
+
+def _ink_is_dark(residual: np.ndarray) -> bool:
+    """True when what stands out from the paper is mostly darker than it (ink on paper)."""
+    far = max(3 * _robust_std(residual), 2 * PAPER_SLACK)
+    return float(-residual[residual < -far].sum()) > float(residual[residual > far].sum())
+
+
 def to_mnist(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
     """A photo, scan or drawing of one digit -> uint8 [28, 28], white on black, MNIST-style."""
     g = image if isinstance(image, np.ndarray) else _grayscale(image)
@@ -152,16 +197,18 @@ def to_mnist(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray
         g = _resize(g, max(1, round(h * s)), max(1, round(w * s)))
         h, w = g.shape
 
-    # 1. Ink is the minority: the border is paper. Invert when the paper is the lighter side.
-    b = max(1, min(h, w) // 20)
-    border = np.concatenate([g[:b].ravel(), g[-b:].ravel(), g[:, :b].ravel(), g[:, -b:].ravel()])
-    lo, hi = np.percentile(g, [1, 99])
-    if np.median(border) > (lo + hi) / 2:
-        g = 255.0 - g
+    # 1. The paper's light: a lamp's fall-off or a lens's vignette lights the sheet as a smooth
+    # surface. Fit one to the paper; the ink is what stands out from it, darker (ink on paper:
+    # invert) or lighter (chalk on a board). Subtracting it leaves bright ink on black, and no
+    # dim side of the sheet that could pass for ink.
+    paper = _paper_surface(g)
+    if _ink_is_dark(g - paper):
+        g, paper = 255.0 - g, 255.0 - paper
+    g = np.clip(g - paper, 0, None)
 
-    # 2. Uneven light: a grey opening wider than any stroke erases the ink and keeps the smooth
-    # background; subtract it. The stroke width comes from a first rough ink mask, and the
-    # opening runs on a copy shrunk until strokes are ~2 pixels wide (the background is smooth).
+    # 2. Unevenness the surface cannot follow: a grey opening wider than any stroke erases the
+    # ink and keeps the background; subtract it. The stroke width comes from a first rough ink
+    # mask, and the opening runs on a copy shrunk until strokes are ~2 pixels wide.
     rough = g > _otsu(g)
     stroke = 2.0 * float(np.percentile(ndimage.distance_transform_edt(rough)[rough], 90)) if rough.any() else 1.0
     s = min(1.0, 2.0 / max(stroke, 1e-6))
