@@ -72,6 +72,18 @@ def add_data_dir_flag(p: argparse.ArgumentParser, what: str = "dataset folder") 
     p.add_argument("--data-dir", default=None, help=f"{what} (default $CNNLAB_DATA_DIR, else ./data)")
 
 
+# The names of runs/predict.py's PREPROCESSING (kept here so that --help loads no torch).
+PREPROCESS_CHOICES = ("digit", "fashion", "plain")
+
+
+def add_preprocess_flag(p: argparse.ArgumentParser, what: str = "image files") -> None:
+    p.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default=None,
+                   help=f"how {what} become the model's 28x28 input (default: as the run's dataset was made): "
+                        "digit = handwriting the MNIST way (ink thresholded, cropped, fit in 20x20, centred by "
+                        "mass); fashion = the Fashion-MNIST way (trimmed, longer side 28, padded, light "
+                        "background negated, grey levels kept); plain = only resized to 28x28 gray (folder datasets)")
+
+
 def add_tta_flag(p: argparse.ArgumentParser, note: str = "") -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average each image's prediction over the image and its "

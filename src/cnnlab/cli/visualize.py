@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..see.visualize import render, write
-from . import COMMANDS, add_data_dir_flag, add_json_flag, positive_int, print_json
+from . import COMMANDS, add_data_dir_flag, add_json_flag, add_preprocess_flag, positive_int, print_json
 
 
 def index_list(text: str) -> list[int]:
@@ -26,6 +26,7 @@ def add_common(p) -> None:
                    help="test image whose feature maps are drawn (default 0)")
     p.add_argument("--image", default=None, metavar="PATH",
                    help="draw the feature maps (and saliency) of your own image file instead")
+    add_preprocess_flag(p, "the --image file")
     p.add_argument("--explain", type=index_list, default=None, metavar="I,J,...",
                    help="test images for saliency and Grad-CAM (default: --index and the 3 most confident mistakes)")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N",
@@ -48,7 +49,8 @@ def add_parser(sub) -> None:
 
 def render_args(args):
     return render(args.run_dir, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
-                  mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json)
+                  mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json,
+                  preprocess=args.preprocess)
 
 
 def run(args) -> int:
