@@ -1,10 +1,10 @@
 """A web explorer and JSON API for a trained run: draw a digit, watch the network classify it.
 
 FastAPI serves the page in web/static (plain HTML, CSS and JavaScript: no build step, no CDN,
-works offline) and a small JSON API:
+works offline) and a small JSON API, documented at /api/docs (Swagger UI, also served locally):
 
   GET  /healthz        liveness: {"status": "ok"}
-  GET  /api/model      what is loaded: model, classes, normalisation, layers, accuracy
+  GET  /api/model      what is loaded: model, classes, normalisation, preprocessing, layers, accuracy
   POST /api/predict    an image (multipart field "file", or a raw image/* body), or JSON
                        {"image": 28x28 array of 0-255, white on black} -> prediction, the 10
                        probabilities and the 28x28 image the model saw; ?features=1 adds the
@@ -30,6 +30,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
@@ -189,7 +190,8 @@ def _image_error(e: ImageError) -> RequestError:
 def model_info(clf: Classifier) -> dict:
     info = {"source": clf.source, "classes": clf.classes,
             "normalization": {"mean": clf.mean, "std": clf.std}, "input": [1, 28, 28],
-            "max_upload_bytes": MAX_UPLOAD, "kernels": list(named_kernels()), "cnnlab": __version__}
+            "max_upload_bytes": MAX_UPLOAD, "preprocessing": clf.preprocessing,
+            "kernels": list(named_kernels()), "cnnlab": __version__}
     if clf.trained is not None:
         t = clf.trained
         metrics = read_metrics(t.run_dir) if t.run_dir else []
@@ -207,10 +209,15 @@ def model_info(clf: Classifier) -> dict:
     return info
 
 
-def create_app(model: str | Path | Classifier) -> FastAPI:
-    clf = model if isinstance(model, Classifier) else load_classifier(model)
+def create_app(model: str | Path | Classifier, preprocess: str | None = None) -> FastAPI:
+    """The app for a run folder, an .onnx file or a loaded Classifier; uploaded images are prepared
+    as the model's dataset was made, or `preprocess` ("digit", "fashion", "plain")."""
+    clf = model if isinstance(model, Classifier) else load_classifier(model, preprocess=preprocess)
     info = model_info(clf)
-    app = FastAPI(title="cnnlab", version=__version__, docs_url="/api/docs", redoc_url=None)
+    # /api/docs is Swagger UI from files shipped in the fastapi-offline package, not from a CDN:
+    # like the rest of the page it works with no network.
+    app = FastAPIOffline(title="cnnlab", version=__version__, docs_url="/api/docs", redoc_url=None,
+                         static_url="/api/docs-assets")
     app.state.classifier = clf
     _add_pages(app, info)
     _add_model_routes(app, clf)
@@ -302,8 +309,9 @@ def _add_kernel_route(app: FastAPI) -> None:
         return await run_in_threadpool(work)
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
-    app = create_app(model)
+def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning",
+          preprocess: str | None = None) -> None:
+    app = create_app(model, preprocess=preprocess)
     # Check the address first: uvicorn would log a traceback-like error and exit on its own.
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -320,4 +328,4 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_leve
 
 def info_line(app: FastAPI) -> str:
     clf = app.state.classifier
-    return f"{clf.source} ({len(clf.classes)} classes)"
+    return f"{clf.source} ({len(clf.classes)} classes, {clf.preprocessing} preprocessing of uploads)"
