@@ -23,6 +23,7 @@ COMMANDS = {
     "ensemble": "join trained runs into an ensemble that averages their probabilities",
     "evaluate": "accuracy, per-class accuracy and confusion matrix of a run",
     "params": "parameters and multiply-accumulates per layer; the lecture's arithmetic",
+    "code": "print the PyTorch code that runs: a model's class and one training step",
     "conv": "slide a kernel over a matrix, step by step",
     "kernels": "named kernels (Sobel, Prewitt, Laplacian, Gaussian...) and the gallery figure",
     "pool": "max/average pooling step by step; --invariance measures shift invariance",

@@ -293,13 +293,7 @@ class _Run:
                 for step in range(self.step, self.steps):
                     idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size][procs.rank::procs.world]
                     x, y = self._batch(idx)
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                        loss = F.cross_entropy(self.forward(x), y, label_smoothing=cfg.label_smoothing)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
-                    if self.scheduler:
-                        self.scheduler.step()
+                    loss = self._step(x, y)
                     loss_sum += loss.detach().double()  # the true mean over the epoch, not the last batch
                     seen_total += len(y) * procs.world
                     if step % 20 == 0 or step == self.steps - 1:
@@ -324,6 +318,18 @@ class _Run:
                     raise interrupted(stop, self.run_dir, epoch + 1, 0, self.steps)
         result.train_seconds = round(time.perf_counter() - clock, 3)
         return self._finish()
+
+    def _step(self, x, y) -> torch.Tensor:
+        """One training step on a batch: forward, loss, backward, optimiser step (`cnnlab code` shows it)."""
+        # Forward pass (in bf16 where the hardware computes it natively) and the loss.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            loss = F.cross_entropy(self.forward(x), y, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)  # forget the last step's gradients
+        loss.backward()                             # gradients of the loss for every weight
+        self.optimizer.step()                       # move each weight against its gradient
+        if self.scheduler:
+            self.scheduler.step()                   # the learning rate for the next step
+        return loss
 
     def _batch(self, idx):
         """One training batch: gather uint8 rows, augment and normalise as whole tensors."""

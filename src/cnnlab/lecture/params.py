@@ -9,12 +9,38 @@ A multiply-accumulate (MAC) is one `a * b + c`; only convolutions and linear lay
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from importlib import import_module
 
 import torch
 from torch import nn
 
 from ..engine.models import SimpleCNN, build_model, get_spec
 from ..errors import CnnlabError
+
+
+# Networks the lessons count but cnnlab does not train, built by the library that has them:
+# name -> (module, constructor, the input it was made for, what it is).
+REFERENCE = {
+    "alexnet": ("torchvision.models", "alexnet", (3, 224, 224),
+                "AlexNet (Krizhevsky, Sutskever, Hinton; ImageNet 2012) as torchvision builds it: "
+                "224x224x3 images, 1,000 classes (counted here, not trainable)"),
+}
+
+
+def input_for(name: str) -> tuple[int, int, int]:
+    """The input a network by this name was made for: ImageNet's for the REFERENCE ones, else 1x28x28."""
+    return REFERENCE[name][2] if name in REFERENCE else (1, 28, 28)
+
+
+def _build(name: str, input_shape, num_classes: int) -> nn.Module:
+    """A network by name on the meta device: nothing is allocated or computed, only shapes flow."""
+    if name in REFERENCE:
+        module, constructor, _, _ = REFERENCE[name]
+        with torch.device("meta"):
+            return getattr(import_module(module), constructor)()  # its own classes (1,000 for ImageNet)
+    get_spec(name)  # unknown name -> clear error
+    with torch.device("meta"):
+        return build_model(name, num_classes=num_classes, in_channels=input_shape[0])
 
 
 @dataclass
@@ -103,10 +129,7 @@ def summarize(model: nn.Module | str, input_shape=(1, 28, 28), num_classes: int 
     input_shape = tuple(int(s) for s in input_shape)
     name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
-        get_spec(model)  # unknown name -> clear error
-        # On the meta device nothing is allocated or computed: only shapes flow through.
-        with torch.device("meta"):
-            model = build_model(name, num_classes=num_classes, in_channels=input_shape[0])
+        model = _build(name, input_shape, num_classes)
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
 
@@ -133,7 +156,7 @@ def summarize(model: nn.Module | str, input_shape=(1, 28, 28), num_classes: int 
         detail = " ".join(str(e).split())[:200]
         size = "x".join(map(str, input_shape))
         raise CnnlabError(f"model '{name}' does not accept input {size} ({detail}); "
-                          f"try --input 1x28x28, the size it was built for") from None
+                          f"try --input {'x'.join(map(str, input_for(name)))}, the size it was built for") from None
     finally:
         for h in hooks:
             h.remove()
