@@ -158,8 +158,7 @@ def test_api_docs_render_with_no_network(server, browser, tmp_path):
             ["/api/filters", "/api/kernel", "/api/model", "/api/predict", "/healthz"]
         for box in (page.locator(".opblock").nth(i).bounding_box() for i in range(5)):
             assert box["width"] > 0.8 * min(width, 1280) - 100 and box["height"] >= 30  # drawn, full width
-        page.screenshot(path=str(Path(os.environ.get("CNNLAB_SCREENSHOT_DIR") or tmp_path) / f"api-docs-{width}.png"),
-                        full_page=True)
+        page.screenshot(path=str(tmp_path / f"api-docs-{width}.png"), full_page=True)
         page.close()
     assert not outside, f"/api/docs reached outside the server: {outside}"
 
