@@ -17,7 +17,6 @@ from torch import nn
 from ..engine.models import SimpleCNN, build_model, get_spec
 from ..errors import CnnlabError
 
-
 # Networks the lessons count but cnnlab does not train, built by the library that has them:
 # name -> (module, constructor, the input it was made for, what it is).
 REFERENCE = {

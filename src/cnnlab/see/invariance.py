@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from matplotlib.figure import Figure as MplFigure
 
-from ..engine.config import TrainConfig
+from ..engine.config import FOLDER, TrainConfig
 from ..engine.processes import resolve_device
 from ..engine.train import train
 from ..errors import CnnlabError
@@ -88,8 +88,8 @@ SAME_TRAINING = ("dataset", "limit_train", "test_split", "val_split", "epochs", 
 def training_of(config: dict) -> dict:
     """The SAME_TRAINING settings of a run's config.json (TrainConfig's defaults where an older run lacks one)."""
     recipe = {**asdict(TrainConfig()), **(config.get("recipe") or {})}
-    if "test_split" not in (config.get("recipe") or {}):
-        recipe["test_split"] = None  # trained before there was a separate test share
+    if "test_split" not in (config.get("recipe") or {}) or not str(recipe["dataset"]).startswith(FOLDER):
+        recipe["test_split"] = None  # trained before there was a test share, or a dataset with its own
     return {k: recipe[k] for k in SAME_TRAINING}
 
 
@@ -98,7 +98,9 @@ def images_text(limit) -> str:
 
 
 def _show(key: str, value) -> str:
-    return images_text(value) if key == "limit_train" else f"--{key.replace('_', '-')} {value}"
+    if key == "limit_train":
+        return images_text(value)
+    return f"--{key.replace('_', '-')} {value}" if value is not None else f"no --{key.replace('_', '-')}"
 
 
 def check_same_training(run: dict, baseline: dict, name: str) -> None:
