@@ -63,3 +63,29 @@ def rgba_png(side: int, bar: int) -> bytes:
     parts.append(z.flush())
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0))
             + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+LIGHTS = ("lamp", "diagonal", "vignette")
+
+
+def lit_by_gradient(digit_u8: np.ndarray, light: str, drop: float = 120, size: int = 120) -> bytes:
+    """One 28x28 MNIST digit (white on black) -> PNG bytes of dark ink on clean, noise-free paper
+    lit by a smooth gradient: a lamp to one side, from a corner, or a lens's vignette, the paper
+    `drop` grey levels darker at the far side or the corners than at its brightest."""
+    h, w = 200, 240
+    ink = np.zeros((h, w), np.float32)
+    top, left = (h - size) // 2, (w - size) // 2
+    ink[top:top + size, left:left + size] = np.asarray(
+        Image.fromarray(digit_u8).resize((size, size), Image.BICUBIC), np.float32).clip(0, 255) / 255
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if light == "lamp":
+        fall = xx / w
+    elif light == "diagonal":
+        fall = (xx / w + yy / h) / 2
+    else:
+        fall = ((xx - w / 2) ** 2 / w ** 2 + (yy - h / 2) ** 2 / h ** 2) * 2
+    paper = 235 - drop * fall
+    gray = paper * (1 - ink) + 40 * ink
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(gray, 0, 255).round().astype(np.uint8), "L").save(buf, format="PNG")
+    return buf.getvalue()

@@ -97,6 +97,20 @@ def test_torchvision_alexnet_reference():
     assert s.layers[-1].output_shape == [1000]
 
 
+def test_cli_alexnet_on_its_imagenet_input(capsys):
+    """The lecture's history: AlexNet's real layers on 224x224x3 images, 61.1 million parameters."""
+    code, out, err = run_main(capsys, "params", "alexnet")
+    assert code == 0, err
+    assert "alexnet, input 3x224x224" in out and "61,100,840" in out
+    assert "Conv2d(3->64, 11x11, stride 4, pad 2)" in out and "64x55x55" in out
+    code, out, _ = run_main(capsys, "params", "alexnet", "--json")
+    data = json.loads(out)
+    assert data["parameters"] == 61_100_840 and data["input_shape"] == [3, 224, 224]
+    assert [r["output_shape"] for r in data["layers"]][-1] == [1000]
+    code, _, err = run_main(capsys, "params", "alexnet", "--input", "1x28x28")
+    assert_usage_error(code, err, "try --input 3x224x224")
+
+
 def test_other_input_channels():
     s = summary.summarize("simple_cnn", (3, 28, 28))
     assert s.parameters == 206_922 + 2 * 16 * 9  # the first conv sees 3 channels instead of 1

@@ -15,7 +15,7 @@ import cnnlab
 import cnnlab.engine.data
 from cnnlab.runs.predict import load_classifier, open_image, predict_files, to_mnist
 from conftest import run_cli, run_main
-from photos import restyle
+from photos import LIGHTS, lit_by_gradient, restyle
 
 N_PHOTOS = 200
 
@@ -100,6 +100,27 @@ def test_uneven_light_and_noise_suppressed():
     seen = to_mnist(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)))
     cols = np.nonzero(seen.max(axis=0) > 30)[0]
     assert np.ptp(cols) + 1 <= 7, "background or specks survived around the stroke"
+
+
+def test_smooth_gradient_light_leaves_only_the_digit(mnist_test):
+    """Clean paper under a lamp, lit from a corner or vignetted: the dim side of the sheet is no ink."""
+    for light in LIGHTS:
+        for i in range(6):
+            digit = mnist_test.images[i].numpy()
+            seen = to_mnist(open_image(lit_by_gradient(digit, light)))
+            corr = np.corrcoef(seen.ravel(), digit.ravel())[0, 1]
+            assert corr > 0.85, f"{light}-lit digit {i}: the cleaned image differs from the digit (r={corr:.2f})"
+
+
+def test_gradient_lit_digits_classified_like_the_digits(quick_run, mnist_test, tmp_path):
+    model = cnnlab.load(quick_run.run_dir)
+    files = []
+    for i in range(12):  # four digits under each light
+        files.append(tmp_path / f"{i:02d}_{LIGHTS[i % 3]}.png")
+        files[-1].write_bytes(lit_by_gradient(mnist_test.images[i].numpy(), LIGHTS[i % 3]))
+    got = [r["prediction"] for r in predict_files(load_classifier(quick_run.run_dir), files)]
+    expected = model.predict(mnist_test.images[:12]).tolist()
+    assert sum(a == b for a, b in zip(got, expected)) >= 11, (got, expected)
 
 
 def test_cli_text_json_errors_and_saved_images(quick_run, photos, tmp_path, capsys):

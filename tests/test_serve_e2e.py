@@ -148,6 +148,32 @@ def test_upload_an_image(server, browser, tmp_path):
     page.close()
 
 
+def test_api_docs_render_with_no_network(server, browser, tmp_path):
+    """/api/docs (Swagger UI) draws every operation from files the server itself serves."""
+    outside = []
+
+    def only_loopback(route):
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:  # what a machine with no network would do: the request fails
+            outside.append(route.request.url)
+            route.abort()
+
+    for width, height in ((1280, 800), (390, 844)):
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.route("**/*", only_loopback)
+        page.goto(server + "/api/docs")
+        page.wait_for_selector(".opblock", timeout=20_000)
+        paths = page.locator(".opblock .opblock-summary-path").all_inner_texts()
+        shown = {p.strip().replace("\u200b", "") for p in paths}
+        assert {"/api/filters", "/api/kernel", "/api/model", "/api/predict", "/api/network", "/healthz"} <= shown
+        for box in (page.locator(".opblock").nth(i).bounding_box() for i in range(5)):
+            assert box["width"] > 0.8 * min(width, 1280) - 100 and box["height"] >= 30  # drawn, full width
+        page.screenshot(path=str(tmp_path / f"api-docs-{width}.png"), full_page=True)
+        page.close()
+    assert not outside, f"/api/docs reached outside the server: {outside}"
+
+
 def test_draw_with_touch(server, browser):
     """A finger on a touch screen: real touch events (Chrome DevTools Protocol), same prediction flow."""
     context = browser.new_context(has_touch=True, is_mobile=True, viewport={"width": 400, "height": 900})

@@ -23,6 +23,7 @@ COMMANDS = {
     "ensemble": "join trained runs into an ensemble that averages their probabilities",
     "evaluate": "accuracy, per-class accuracy and confusion matrix of a run",
     "params": "parameters and multiply-accumulates per layer; the lecture's arithmetic",
+    "code": "print the PyTorch code that runs: a model's class and one training step",
     "conv": "slide a kernel over a matrix, step by step",
     "kernels": "named kernels (Sobel, Prewitt, Laplacian, Gaussian...) and the gallery figure",
     "pool": "max/average pooling step by step; --invariance measures shift invariance",
@@ -75,6 +76,18 @@ def add_force_flag(p: argparse.ArgumentParser, what: str = "the output file") ->
 
 def add_data_dir_flag(p: argparse.ArgumentParser, what: str = "dataset folder") -> None:
     p.add_argument("--data-dir", default=None, help=f"{what} (default $CNNLAB_DATA_DIR, else ./data)")
+
+
+# The names of runs/predict.py's PREPROCESSING (kept here so that --help loads no torch).
+PREPROCESS_CHOICES = ("digit", "fashion", "plain")
+
+
+def add_preprocess_flag(p: argparse.ArgumentParser, what: str = "image files") -> None:
+    p.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default=None,
+                   help=f"how {what} become the model's 28x28 input (default: as the run's dataset was made): "
+                        "digit = handwriting the MNIST way (ink thresholded, cropped, fit in 20x20, centred by "
+                        "mass); fashion = the Fashion-MNIST way (trimmed, longer side 28, padded, light "
+                        "background negated, grey levels kept); plain = only resized to 28x28 gray (folder datasets)")
 
 
 def add_tta_flag(p: argparse.ArgumentParser, note: str = "") -> None:

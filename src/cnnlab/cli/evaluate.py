@@ -32,8 +32,9 @@ def run(args) -> int:
         print_json(r)
         return 0
     console = stdout_console()
-    console.print(f"[bold]{r['run_dir']}[/] on {r['dataset']} test{' with TTA' if r['tta'] else ''}: accuracy "
-                  f"[bold]{r['accuracy']:.2%}[/] ({r['correct']:,}/{r['total']:,})")
+    console.print(f"[bold]{r['run_dir']}[/] on {r['dataset']} test{' with TTA' if r['tta'] else ''}"
+                  + (f" ({r['test_images_from']})" if r["dataset"].startswith("folder:") else "")
+                  + f": accuracy [bold]{r['accuracy']:.2%}[/] ({r['correct']:,}/{r['total']:,})")
     per = Table(title="Per-class accuracy")
     per.add_column("class")
     per.add_column("accuracy", justify="right")

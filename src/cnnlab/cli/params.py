@@ -19,9 +19,12 @@ def add_parser(sub) -> None:
                                    "table (output shape, parameters, multiply-accumulates, receptive field, "
                                    "jump, activation memory) with totals. "
                                    "--lecture: the lecture's parameter questions with the arithmetic shown.")
-    p.add_argument("model", nargs="?", metavar="MODEL", help=f"one of: {', '.join(MODELS)}")
-    p.add_argument("--input", default="1x28x28", metavar="CxHxW",
-                   help="input size, channels x height x width (default 1x28x28)")
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help=f"one of: {', '.join(MODELS)}; or {', '.join(params.REFERENCE)} (torchvision's, "
+                        "on its 224x224x3 ImageNet input; counted, not trainable)")
+    p.add_argument("--input", default=None, metavar="CxHxW",
+                   help="input size, channels x height x width (default: what MODEL was made for, 1x28x28 or "
+                        "3x224x224 for alexnet)")
     p.add_argument("--lecture", action="store_true",
                    help="Linear(784,512), the FC nets on MNIST and ImageNet, simple_cnn, and FC versus CNN "
                         "as the resolution grows")
@@ -31,7 +34,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     console = stdout_console()
-    shape = params.parse_shape(args.input)
+    shape = params.parse_shape(args.input) if args.input else params.input_for(args.model)
     if args.lecture:
         if args.model:
             raise CnnlabError("--lecture takes no MODEL; run 'cnnlab params MODEL' separately")
@@ -43,7 +46,7 @@ def run(args) -> int:
             print_json({"input_shape": list(shape), "models": [
                 {"model": s.model, "parameters": s.parameters, "macs": s.macs} for s in rows]})
             return 0
-        t = Table(title=f"Registered models, input {args.input}")
+        t = Table(title=f"Registered models, input {'x'.join(map(str, shape))}")
         for col, just in (("model", "left"), ("parameters", "right"), ("MACs", "right"), ("description", "left")):
             t.add_column(col, justify=just)
         for s in rows:

@@ -30,9 +30,11 @@ def add_parser(sub) -> None:
     g.add_argument("--invariance", metavar="RUN_DIR", default=None,
                    help="a trained run with pooling (e.g. simple_cnn) to test")
     g.add_argument("--baseline", metavar="RUN_DIR", default=None,
-                   help="a trained no_pool_cnn run to compare with (default: train one now with RUN_DIR's recipe)")
+                   help="a no_pool_cnn run trained like RUN_DIR (same data, images, epochs and recipe; refused "
+                        "otherwise) to compare with (default: train one now with RUN_DIR's recipe and images)")
     g.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
-                   help="when training the baseline: the first N training images only (default: as RUN_DIR)")
+                   help="the baseline is trained on RUN_DIR's own training images; N must be RUN_DIR's "
+                        "--limit-train (another N is refused: the comparison would be unequal)")
     g.add_argument("--limit", type=positive_int, default=1000, metavar="N",
                    help="test on the first N test images (default 1000)")
     g.add_argument("--max-shift", type=positive_int, default=4, help="largest shift in pixels (default 4)")
@@ -84,10 +86,14 @@ def _invariance(args) -> int:
     for col, just in (("model", "left"), ("shift (px)", "right"), ("predictions changed", "right"),
                       ("accuracy", "right"), ("feature change", "right")):
         t.add_column(col, justify=just)
-    for r in rows:
-        t.add_row(r["model"], str(r["shift"]), f"{r['prediction_changed']:.1%}", f"{r['accuracy']:.1%}",
-                  f"{r['feature_change']:.3f}")
+    for row in rows:
+        t.add_row(row["model"], str(row["shift"]), f"{row['prediction_changed']:.1%}", f"{row['accuracy']:.1%}",
+                  f"{row['feature_change']:.3f}")
     console().print(t)
+    k = r["training"]
+    images = "all its training images" if k["limit_train"] is None else f"the first {k['limit_train']:,} training images"
+    print(f"both trained alike: {k['dataset']}, {images}, {k['epochs']} "
+          f"epoch{'s' if k['epochs'] != 1 else ''}, batch {k['batch_size']}, {k['optimizer']} lr {k['lr']}")
     print("feature change = |features(shifted) - features(original)| / |features(original)|, averaged over images")
     print(f"plot saved to {out}")
     return 0

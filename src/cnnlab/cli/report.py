@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     r = cnnlab.report(args.run_dir, args.out, force=args.force, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
-              mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json)
+              mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json,
+              preprocess=args.preprocess)
     if args.json:
         print_json(r)
         return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import cnnlab
 
-from . import COMMANDS, add_data_dir_flag, port
+from . import COMMANDS, add_data_dir_flag, add_preprocess_flag, port
 
 
 def add_parser(sub) -> None:
@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
                    help="the folder the run browser lists and page trainings go into (default: RUNS_DIR, or the "
                         "folder holding RUN_DIR)")
     add_data_dir_flag(p, "dataset folder for page trainings and the run browser's test images")
+    add_preprocess_flag(p, "uploaded images and drawings")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default warning; info logs every request)")
     p.set_defaults(func=run)
@@ -33,5 +34,6 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     cnnlab.serve(args.model, host=args.host, port=args.port, log_level=args.log_level,
-                 allow_training=args.allow_training, runs_dir=args.runs_dir, data_dir=args.data_dir)
+                 allow_training=args.allow_training, runs_dir=args.runs_dir, data_dir=args.data_dir,
+                 preprocess=args.preprocess)
     return 0

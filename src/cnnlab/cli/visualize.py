@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cnnlab
 
-from . import COMMANDS, add_data_dir_flag, add_force_flag, add_json_flag, positive_int, print_json
+from . import COMMANDS, add_data_dir_flag, add_force_flag, add_json_flag, add_preprocess_flag, positive_int, print_json
 
 
 def index_list(text: str) -> list[int]:
@@ -27,6 +27,7 @@ def add_common(p) -> None:
                    help="test image whose feature maps are drawn (default 0)")
     p.add_argument("--image", default=None, metavar="PATH",
                    help="draw the feature maps (and saliency) of your own image file instead")
+    add_preprocess_flag(p, "the --image file")
     p.add_argument("--explain", type=index_list, default=None, metavar="I,J,...",
                    help="test images for saliency and Grad-CAM (default: --index and the 3 most confident mistakes)")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N",
@@ -50,7 +51,8 @@ def add_parser(sub) -> None:
 
 def render_args(args):
     return cnnlab.visualize(args.run_dir, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
-                  mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json)
+                            mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json,
+                            preprocess=args.preprocess)
 
 
 def inputs(args) -> list:

@@ -160,8 +160,11 @@ class TrainConfig:
     eval_every: int | None = setting(None, "with --target-accuracy: evaluate every STEPS batches", low=1,
                                      metavar="STEPS")
     val_split: float = setting(0.0, "hold out this share of each class of the training images for validation "
-                                    "(a folder without train/ and test/ also holds out a test share)",
+                                    "(early stopping watches it; the test images stay unseen)",
                                low=0, high=1, high_open=True, metavar="F")
+    test_split: float = setting(0.2, "a folder without train/ and test/: hold out this share of each class as its "
+                                     "test images, which training, validation and early stopping never see",
+                                low=0, low_open=True, high=1, high_open=True, metavar="F")
     patience: int | None = setting(None, "early stopping: stop after this many epochs without a better validation "
                                          "accuracy and keep the best epoch's weights (needs --val-split)",
                                    low=1, metavar="EPOCHS")

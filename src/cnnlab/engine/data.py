@@ -205,14 +205,14 @@ _CACHE: dict = {}
 
 
 def load(name: str = "mnist", split: str = "train", root: str | os.PathLike | None = None,
-         download: bool = True, val_split: float = 0.0) -> Split:
+         download: bool = True, test_split: float = 0.0) -> Split:
     """Load one split of a dataset into memory (cached per process: each split is read once).
 
-    val_split matters only for a folder without train/ and test/: that share of each class is
+    test_split matters only for a folder without train/ and test/: that share of each class is
     its "test" split and the rest its "train" split.
     """
     if name.startswith(FOLDER):
-        return load_folder(name, split, val_split)
+        return load_folder(name, split, test_split)
     info = dataset_info(name)
     root = data_dir(root)
     key = (name, split, str(root.resolve()))
@@ -368,14 +368,14 @@ def hold_out(split: Split, fraction: float) -> tuple[Split, Split]:
     return rest, out
 
 
-def load_folder(name: str, split: str, val_split: float = 0.0) -> Split:
+def load_folder(name: str, split: str, test_split: float = 0.0) -> Split:
     """One split of `folder:PATH`, read and resized once per process."""
     info = folder_info(name)
     train_root, test_root = _folder_roots(name)
-    if test_root is None and not 0 < val_split < 1:
+    if test_root is None and not 0 < test_split < 1:
         raise DataError(f"--dataset {name}: {train_root} has no train/ and test/ sub-folders; pass "
-                        f"--val-split FRACTION (e.g. 0.2) to hold out that share of each class for "
-                        f"validation and testing")
+                        f"--test-split FRACTION (e.g. 0.2) to hold out that share of each class as "
+                        f"test images")
     root = train_root if split == "train" or test_root is None else test_root
     key = ("folder", str(root.resolve()), tuple(info.classes))
     if key not in _CACHE:
@@ -383,7 +383,7 @@ def load_folder(name: str, split: str, val_split: float = 0.0) -> Split:
     whole = _CACHE[key]
     if test_root is not None:
         return whole
-    rest, held = hold_out(whole, val_split)
+    rest, held = hold_out(whole, test_split)
     return rest if split == "train" else held
 
 
@@ -395,6 +395,5 @@ def skipped_warning(split: Split) -> str | None:
 
 
 def test_is_held_out(name: str) -> bool:
-    """True for a folder without train/ and test/: its test split is carved from the same tree
-    by --val-split, so it also serves as the validation split."""
+    """True for a folder without train/ and test/: its test split is carved from the same tree."""
     return name.startswith(FOLDER) and _folder_roots(name)[1] is None

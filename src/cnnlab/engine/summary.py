@@ -10,11 +10,13 @@ The lecture's own arithmetic, which needs no network, is lecture/params.py.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from importlib import import_module
 
 import torch
 from torch import nn
 
 from ..errors import CnnlabError
+from ..lecture.params import REFERENCE, input_for
 from .models import build_model, get_spec
 
 
@@ -171,15 +173,23 @@ def describe(module: nn.Module) -> str:
 
 
 
+def _build(name: str, input_shape, num_classes: int) -> nn.Module:
+    """A network by name on the meta device: nothing is allocated or computed, only shapes flow."""
+    if name in REFERENCE:
+        module, constructor, _, _ = REFERENCE[name]
+        with torch.device("meta"):
+            return getattr(import_module(module), constructor)()  # its own classes (1,000 for ImageNet)
+    get_spec(name)  # unknown name -> clear error
+    with torch.device("meta"):
+        return build_model(name, num_classes=num_classes, in_channels=input_shape[0])
+
+
 def summarize(model: nn.Module | str, input_shape=(1, 28, 28), num_classes: int = 10) -> Summary:
     """Per-layer output shape, parameters and MACs for one input of shape (C, H, W)."""
     input_shape = tuple(int(s) for s in input_shape)
     name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
-        get_spec(model)  # unknown name -> clear error
-        # On the meta device nothing is allocated or computed: only shapes flow through.
-        with torch.device("meta"):
-            model = build_model(name, num_classes=num_classes, in_channels=input_shape[0])
+        model = _build(name, input_shape, num_classes)
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
 
@@ -208,7 +218,7 @@ def summarize(model: nn.Module | str, input_shape=(1, 28, 28), num_classes: int 
         detail = " ".join(str(e).split())[:200]
         size = "x".join(map(str, input_shape))
         raise CnnlabError(f"model '{name}' does not accept input {size} ({detail}); "
-                          f"try --input 1x28x28, the size it was built for") from None
+                          f"try --input {'x'.join(map(str, input_for(name)))}, the size it was built for") from None
     finally:
         for h in hooks:
             h.remove()

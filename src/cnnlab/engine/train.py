@@ -251,6 +251,9 @@ def _resumed_config(state: dict, run_dir: Path, overrides: dict) -> TrainConfig:
     if set(saved) - names:
         raise RunError(f"{run_dir} was written by another cnnlab version (unknown settings "
                        f"{', '.join(sorted(set(saved) - names))}); it cannot be resumed by this one")
+    if "test_split" not in saved and data.test_is_held_out(saved.get("dataset", "")):
+        raise RunError(f"{run_dir} was trained by an older cnnlab that tested on its validation images; it "
+                       f"cannot be resumed (its test images would change) - train it again")
     cfg = TrainConfig(**saved)
     _only_resume_flags(cfg, overrides, run_dir)
     if state.get("world_size", 1) != env_world():
@@ -334,17 +337,18 @@ class _Run:
         self.run_dir = None
 
     def _load_data(self, data_dir) -> None:
+        """The three splits, apart: test (the dataset's, or a held-out share of a folder without
+        train/ and test/: runs.folder.test_split decides), training, and validation taken out of
+        the training images. Early stopping watches validation; test images are never trained on."""
         cfg = self.cfg
         self.info = data.dataset_info(cfg.dataset)
-        train_split = data.load(cfg.dataset, "train", data_dir, val_split=cfg.val_split).subset(cfg.limit_train)
+        train_split = data.load(cfg.dataset, "train", data_dir, test_split=cfg.test_split).subset(cfg.limit_train)
         _, self.test_split = folder.test_split(cfg, data_dir, cfg.limit_test)
         for split in (train_split, self.test_split):
             if data.skipped_warning(split):
                 self.log(data.skipped_warning(split))
         self.val_split = None
-        if cfg.val_split and data.test_is_held_out(cfg.dataset):
-            self.val_split = self.test_split  # a folder without train/ and test/: its held-out part is both
-        elif cfg.val_split:
+        if cfg.val_split:
             train_split, self.val_split = data.hold_out(train_split, cfg.val_split)
         self.train_split = train_split
         for name, split in (("test", self.test_split), ("validation", self.val_split)):
@@ -445,13 +449,7 @@ class _Run:
             for step in range(self.step, self.steps):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size][procs.rank::procs.world]
                 x, y = self._batch(idx)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                    loss = F.cross_entropy(self.forward(x), y, label_smoothing=cfg.label_smoothing)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                if self.scheduler:
-                    self.scheduler.step()
+                loss = self._step(x, y)
                 losses[step] = loss.detach()
                 loss_sum += loss.detach().double()  # the true mean over the epoch, not the last batch
                 seen_total += len(y) * procs.world
@@ -516,6 +514,18 @@ class _Run:
         tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
         if not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
             raise self._diverged(f"the weights became NaN or infinite by {where}")
+
+    def _step(self, x, y) -> torch.Tensor:
+        """One training step on a batch: forward, loss, backward, optimiser step (`cnnlab code` shows it)."""
+        # Forward pass (in bf16 where the hardware computes it natively) and the loss.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            loss = F.cross_entropy(self.forward(x), y, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)  # forget the last step's gradients
+        loss.backward()                             # gradients of the loss for every weight
+        self.optimizer.step()                       # move each weight against its gradient
+        if self.scheduler:
+            self.scheduler.step()                   # the learning rate for the next step
+        return loss
 
     def _batch(self, idx):
         """One training batch: gather uint8 rows, augment and normalise as whole tensors."""
@@ -657,9 +667,13 @@ class _Run:
         self._check_weights("the end of training")
         if self.run_dir and self.procs.main:
             folder.save_weights(self.model, self.run_dir / folder.WEIGHTS)
-            self.log(f"test accuracy {result.test_accuracy:.2%}; run saved to {self.run_dir}")
+            self.log(f"test accuracy {result.test_accuracy:.2%}{self._test_note()}; run saved to {self.run_dir}")
         result.run_dir = self.run_dir if self.procs.main else None
         return result
+
+    def _test_note(self) -> str:
+        """Where the test images of a folder without train/ and test/ come from; nothing for others."""
+        return f" ({folder.test_origin(self.cfg)})" if data.test_is_held_out(self.cfg.dataset) else ""
 
     def _first_line(self) -> str:
         cfg, n_trained = self.cfg, count_parameters(self.trainable)
@@ -667,7 +681,8 @@ class _Run:
                 + (f", {n_trained:,} of them trained" if n_trained < self.parameters else "")
                 + f") on {cfg.dataset}: {len(self.labels):,} train / "
                 + (f"{len(self.val_split):,} validation / " if self.val_split is not None else "")
-                + f"{len(self.test_split):,} test images, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, "
+                + f"{len(self.test_split):,} test images{self._test_note()}, "
+                f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, "
                 f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, device {self.device}, {self.precision}"
                 + (f", {self.threads} thread{'s' if self.threads != 1 else ''}" if self.device.type == "cpu" else "")
                 + (f", {self.procs.world} processes" if self.procs.world > 1 else "")

@@ -11,6 +11,19 @@ from __future__ import annotations
 
 from ..errors import CnnlabError
 
+# Networks the lessons count but cnnlab does not train, built by the library that has them:
+# name -> (module, constructor, the input it was made for, what it is).
+REFERENCE = {
+    "alexnet": ("torchvision.models", "alexnet", (3, 224, 224),
+                "AlexNet (Krizhevsky, Sutskever, Hinton; ImageNet 2012) as torchvision builds it: "
+                "224x224x3 images, 1,000 classes (counted here, not trainable)"),
+}
+
+
+def input_for(name: str) -> tuple[int, int, int]:
+    """The input a network by this name was made for: ImageNet's for the REFERENCE ones, else 1x28x28."""
+    return REFERENCE[name][2] if name in REFERENCE else (1, 28, 28)
+
 
 def parse_shape(text: str) -> tuple[int, int, int]:
     """'1x28x28' -> (1, 28, 28)."""

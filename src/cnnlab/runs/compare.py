@@ -59,7 +59,7 @@ def compare(models: list[str] = COMPARE_MODELS, config: TrainConfig | None = Non
         new_dir(out)  # a new or empty folder: the runs and tables go inside
     log = log or (lambda s: None)
     info = data_mod.dataset_info(base.dataset)
-    train_split = data_mod.load(base.dataset, "train", data_dir, val_split=base.val_split).subset(base.limit_train)
+    train_split = data_mod.load(base.dataset, "train", data_dir, test_split=base.test_split).subset(base.limit_train)
     _, test = test_split(base, data_dir, base.limit_test)
     device = resolve_device(base.device)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .folder import TrainedModel, load, test_split
+from .folder import TrainedModel, load, test_origin, test_split
 from .inference import TTA, metrics_from_predictions
 
 
@@ -20,6 +20,7 @@ def evaluate(run, dataset: str | None = None, data_dir=None, limit: int | None =
     preds = trained.logits(test.images).argmax(1)
     result = metrics_from_predictions(test.labels, preds, trained.classes)
     result["dataset"] = name
+    result["test_images_from"] = test_origin(trained.config, dataset)
     result["tta"] = isinstance(trained.model, TTA)
     result["skipped_images"] = len(test.skipped)
     result["run_dir"] = str(trained.run_dir) if trained.run_dir else None

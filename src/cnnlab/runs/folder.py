@@ -542,19 +542,40 @@ def _load_weights(run_dir: Path, config: dict) -> torch.nn.Module:
 
 # --- the images a run is tested on ---------------------------------------------------------------
 
+def test_share(config: dict | TrainConfig) -> float:
+    """The share of each class a folder without train/ and test/ holds out as the run's test images.
+
+    Runs trained before --test-split existed held out --val-split's share and tested on it (it was
+    their validation split too): they are still tested on the images they were tested on then.
+    """
+    recipe = asdict(config) if isinstance(config, TrainConfig) else (config.get("recipe") or {})
+    return recipe["test_split"] if "test_split" in recipe else (recipe.get("val_split") or 0.0)
+
+
+def test_origin(config: dict | TrainConfig, dataset: str | None = None) -> str:
+    """Where a run's test images come from, in words, for the lines that report accuracies."""
+    recipe = asdict(config) if isinstance(config, TrainConfig) else (config.get("recipe") or {})
+    name = dataset or (config.dataset if isinstance(config, TrainConfig) else config.get("dataset", "mnist"))
+    if not data_mod.test_is_held_out(name):
+        return "its test/ folder" if name.startswith(data_mod.FOLDER) else f"{name}'s test set"
+    if "test_split" not in recipe:
+        return (f"{test_share(config):.0%} of each class held out by --val-split, also the validation images "
+                f"(trained before --test-split existed)")
+    return f"{test_share(config):.0%} of each class held out by --test-split, never trained or stopped on"
+
+
 def test_split(config: dict | TrainConfig, data_dir=None, limit: int | None = None, dataset: str | None = None,
                download: bool = True):
     """(dataset name, the test images) of a run - its config.json, or the TrainConfig of a run
     being trained: the one place that decides, for every command.
 
-    A folder without train/ and test/ is tested on the share --val-split held out in training.
-    `dataset` names another dataset with the same classes to test on instead.
+    A folder without train/ and test/ is tested on the share of each class held out by
+    --test-split (test_share). `dataset` names another dataset with the same classes to test on instead.
     """
     if isinstance(config, TrainConfig):
         config = {"dataset": config.dataset, "recipe": asdict(config)}
     name = dataset or config.get("dataset", "mnist")
-    val_split = (config.get("recipe") or {}).get("val_split") or 0.0
-    test = data_mod.load(name, "test", data_dir, download=download, val_split=val_split).subset(limit)
+    test = data_mod.load(name, "test", data_dir, download=download, test_split=test_share(config)).subset(limit)
     classes = config.get("classes") or test.classes
     if len(test.classes) != len(classes):
         raise DataError(f"{name} has {len(test.classes)} classes but the run was trained on "
@@ -567,17 +588,16 @@ def test_split(config: dict | TrainConfig, data_dir=None, limit: int | None = No
 def _evaluated_on(config: dict) -> dict:
     """What members must share to be averaged: the images they take, the classes they name."""
     dataset = config.get("dataset", "mnist")
-    val_split = (config.get("recipe") or {}).get("val_split") or 0.0
     return {
         "classes": list(config.get("classes") or [str(i) for i in range(10)]),
         "in_channels": int(config.get("in_channels", 1)),
         "input_size": list(config.get("input_size") or [1, data_mod.IMAGE_SIZE, data_mod.IMAGE_SIZE]),
         "normalization": {k: float(v) for k, v in (config.get("normalization") or {}).items()},
         "dataset": dataset,
-        # A folder without train/ and test/ is tested on the share held out by --val-split: members
+        # A folder without train/ and test/ is tested on the share held out by --test-split: members
         # must hold out the same share, or one member's test images are another's training images.
         # (Decided from the name alone: loading for predict or serve must not need the images.)
-        "val_split": val_split if dataset.startswith(data_mod.FOLDER) else 0.0,
+        "test_split": test_share(config) if dataset.startswith(data_mod.FOLDER) else 0.0,
     }
 
 
@@ -602,9 +622,9 @@ def _show(value) -> str:
 def ensemble_config(members: list[str], member_configs: list[dict], labels: list[str] | None = None,
                     **extra) -> dict:
     shared = shared_config(member_configs, labels or members)
-    val_split = shared.pop("val_split")
+    share = shared.pop("test_split")
     return {"model": ENSEMBLE, "members": members, **shared,
-            "recipe": {"val_split": val_split},  # read by evaluate like an ordinary run's recipe
+            "recipe": {"test_split": share},  # read by evaluate like an ordinary run's recipe
             **extra, "created": datetime.now().isoformat(timespec="seconds"), "versions": versions()}
 
 

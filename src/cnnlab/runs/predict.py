@@ -1,12 +1,24 @@
-"""Predict on real images: turn a photo or scan into what MNIST looks like, then classify it.
+"""Predict on real images: turn a photo or scan into what the model's dataset looks like, then classify it.
 
-MNIST digits are white ink on black, the digit's bounding box scaled to fit 20x20 pixels (aspect
-ratio kept, anti-aliased) and placed in a 28x28 frame so that its centre of mass is at the
-centre. Photos and scans are the opposite - dark ink on light paper, any size, off centre, with
-noise, uneven light, JPEG artefacts and colour - so `to_mnist` redoes what the MNIST authors did:
+How an image file becomes a model's 28x28 input depends on how its training images were made, so
+it is chosen by the run's dataset (`preprocessing_for`; --preprocess overrides it):
 
-  grayscale -> invert a light background -> subtract uneven lighting -> suppress noise ->
-  crop to the digit -> scale to fit 20x20 -> centre by centre of mass in 28x28.
+digit (MNIST, QMNIST, KMNIST: handwriting). MNIST digits are white ink on black, the digit's
+bounding box scaled to fit 20x20 pixels (aspect ratio kept, anti-aliased) and placed in a 28x28
+frame so that its centre of mass is at the centre. Photos and scans are the opposite - dark ink
+on light paper, any size, off centre, with noise, uneven light, JPEG artefacts and colour - so
+`to_mnist` redoes what the MNIST authors did:
+
+  grayscale -> subtract the paper's smooth light, inverting dark ink -> subtract what unevenness
+  is left -> suppress noise -> threshold the ink -> crop to the digit -> scale to fit 20x20 ->
+  centre by centre of mass in 28x28.
+
+fashion (Fashion-MNIST). Its images were made from product photos on white: trimmed, the longer
+side scaled to 28, the shorter padded to 28 around the centred picture, negated; grey levels
+kept, not thresholded (Xiao et al. 2017). `to_fashion` does the same.
+
+plain (folder datasets). Their training images were only resized to 28x28 grayscale
+(engine/data.py's resize_gray), and so are images to predict.
 
 A model is either a run folder (runs/folder.py's load) or an exported ONNX file (cnnlab export); both
 get the same uint8 images and the same normalisation (engine/data.py's normalize).
@@ -68,26 +80,78 @@ def _resize(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.asarray(Image.fromarray(a.astype(np.float32), "F").resize((w, h), Image.LANCZOS), np.float32)
 
 
-def to_mnist(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
-    """A photo, scan or drawing of one digit -> uint8 [28, 28], white on black, MNIST-style."""
-    g = image if isinstance(image, np.ndarray) else _grayscale(image)
-    g = g.astype(np.float32)
+# The paper's light as a quadratic surface a + bx + cy + dx^2 + exy + fy^2: exact for a lamp's
+# linear fall-off and a lens's radial vignette, too stiff to follow a stroke.
+SURFACE_FIT_SIZE = 64   # pixels per side of the copy the surface is fitted on
+SURFACE_ROUNDS = 6      # re-fits, each leaving out what stands out from the last fit (ink)
+PAPER_SLACK = 4.0       # grey levels within which clean, noise-free paper counts as paper
+
+
+def _paper_surface(g: np.ndarray) -> np.ndarray:
+    """The smooth light of the paper under image g, fitted to the paper pixels only.
+
+    Least squares on a shrunk copy, repeated with the pixels far from the last fit (ink, beyond
+    3 robust standard deviations of the paper's own noise) left out. The first fit uses the
+    middle 60% of grey levels, so ink, the minority at one end, barely enters it.
+    """
+    h, w = g.shape
+    s = min(1.0, SURFACE_FIT_SIZE / max(h, w))
+    small = _resize(g, max(2, round(h * s)), max(2, round(w * s))) if s < 1 else g
+    basis = _quadratic_basis(*small.shape)
+    values = small.ravel().astype(np.float64)
+    lo, hi = np.percentile(values, [20, 80])
+    paper = (values >= lo) & (values <= hi)
+    for _ in range(SURFACE_ROUNDS):
+        coef = np.linalg.lstsq(basis[paper], values[paper], rcond=None)[0]
+        residual = values - basis @ coef
+        paper = np.abs(residual) <= max(3 * _robust_std(residual[paper]), PAPER_SLACK)
+    return (_quadratic_basis(h, w) @ coef).reshape(h, w).astype(np.float32)
+
+
+def _robust_std(values: np.ndarray) -> float:
+    """The standard deviation of the bulk of values, from the median absolute deviation."""
+    return 1.4826 * float(np.median(np.abs(values - np.median(values)))) if values.size else 0.0
+
+
+def _quadratic_basis(h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[-1:1:h * 1j, -1:1:w * 1j]
+    x, y = x.ravel(), y.ravel()
+    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+
+
+def _ink_is_dark(residual: np.ndarray) -> bool:
+    """True when what stands out from the paper is mostly darker than it (ink on paper)."""
+    far = max(3 * _robust_std(residual), 2 * PAPER_SLACK)
+    return float(-residual[residual < -far].sum()) > float(residual[residual > far].sum())
+
+
+def _work_copy(image: Image.Image | np.ndarray) -> np.ndarray:
+    """float32 grayscale [H, W] in 0..255, shrunk to at most WORK_SIZE pixels per side."""
+    g = (image if isinstance(image, np.ndarray) else _grayscale(image)).astype(np.float32)
     h, w = g.shape
     if max(h, w) > WORK_SIZE:
         s = WORK_SIZE / max(h, w)
         g = _resize(g, max(1, round(h * s)), max(1, round(w * s)))
-        h, w = g.shape
+    return g
 
-    # 1. Ink is the minority: the border is paper. Invert when the paper is the lighter side.
-    b = max(1, min(h, w) // 20)
-    border = np.concatenate([g[:b].ravel(), g[-b:].ravel(), g[:, :b].ravel(), g[:, -b:].ravel()])
-    lo, hi = np.percentile(g, [1, 99])
-    if np.median(border) > (lo + hi) / 2:
-        g = 255.0 - g
 
-    # 2. Uneven light: a grey opening wider than any stroke erases the ink and keeps the smooth
-    # background; subtract it. The stroke width comes from a first rough ink mask, and the
-    # opening runs on a copy shrunk until strokes are ~2 pixels wide (the background is smooth).
+def to_mnist(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
+    """A photo, scan or drawing of one digit -> uint8 [28, 28], white on black, MNIST-style."""
+    g = _work_copy(image)
+    h, w = g.shape
+
+    # 1. The paper's light: a lamp's fall-off or a lens's vignette lights the sheet as a smooth
+    # surface. Fit one to the paper; the ink is what stands out from it, darker (ink on paper:
+    # invert) or lighter (chalk on a board). Subtracting it leaves bright ink on black, and no
+    # dim side of the sheet that could pass for ink.
+    paper = _paper_surface(g)
+    if _ink_is_dark(g - paper):
+        g, paper = 255.0 - g, 255.0 - paper
+    g = np.clip(g - paper, 0, None)
+
+    # 2. Unevenness the surface cannot follow: a grey opening wider than any stroke erases the
+    # ink and keeps the background; subtract it. The stroke width comes from a first rough ink
+    # mask, and the opening runs on a copy shrunk until strokes are ~2 pixels wide.
     rough = g > _otsu(g)
     stroke = 2.0 * float(np.percentile(ndimage.distance_transform_edt(rough)[rough], 90)) if rough.any() else 1.0
     s = min(1.0, 2.0 / max(stroke, 1e-6))
@@ -141,6 +205,74 @@ def to_mnist(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray
     return np.round(out * 255).astype(np.uint8)
 
 
+# --- Fashion-MNIST-style preprocessing ----------------------------------------------------------
+
+# Fashion-MNIST trimmed "edges close to the colour of the corner pixels", close meaning within 5%
+# of the largest intensity; a row or column that is at least 1% otherwise counts as picture
+# (so a speck of JPEG noise does not stop the trim of a large photo; at 28 pixels it is 1 pixel).
+TRIM_CLOSE = 0.05 * 255
+TRIM_SHARE = 0.01
+
+
+def to_fashion(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
+    """A product photo (or a Fashion-MNIST image) -> uint8 [28, 28] the way Fashion-MNIST was made.
+
+    Negate a light background (its photos were on white), trim the edges that are the colour of
+    the corners, scale the longer side to 28 pixels, pad the shorter one to 28 with the picture
+    centred. The grey levels are kept: no thresholding, no re-centring by mass.
+    """
+    g = _work_copy(image)
+    background = float(np.median([g[0, 0], g[0, -1], g[-1, 0], g[-1, -1]]))
+    if background > 127.5:
+        g, background = 255.0 - g, 255.0 - background
+    # The background becomes black, as the negated white of Fashion-MNIST's photos did.
+    g = np.clip(g - background, 0, None) * (255.0 / max(255.0 - background, 1.0))
+    picture = g > TRIM_CLOSE
+    rows = np.nonzero(picture.sum(axis=1) >= max(1.0, TRIM_SHARE * g.shape[1]))[0]
+    cols = np.nonzero(picture.sum(axis=0) >= max(1.0, TRIM_SHARE * g.shape[0]))[0]
+    if not len(rows) or not len(cols):
+        raise ImageError(f"{name}: nothing to classify (the image is one flat colour)", "blank")
+    crop = g[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    ch, cw = crop.shape
+    s = FRAME / max(ch, cw)
+    box = np.clip(_resize(crop, max(1, round(ch * s)), max(1, round(cw * s))), 0, 255) if s != 1 else crop
+    out = np.zeros((FRAME, FRAME), np.float32)
+    top, left = (FRAME - box.shape[0]) // 2, (FRAME - box.shape[1]) // 2
+    out[top:top + box.shape[0], left:left + box.shape[1]] = box
+    return np.round(out).astype(np.uint8)
+
+
+# --- which preprocessing: by the dataset a model was trained on ----------------------------------
+
+PREPROCESSING = {
+    "digit": "handwriting, the MNIST way: ink separated from the paper, cropped, scaled to fit 20x20, "
+             "centred by centre of mass",
+    "fashion": "the Fashion-MNIST way: light background negated, trimmed, longer side scaled to 28, "
+               "padded, grey levels kept",
+    "plain": "only resized to 28x28 grayscale, as a folder dataset's training images were",
+}
+
+
+def preprocessing_for(dataset: str) -> str:
+    """The preprocessing that makes an image file look like `dataset`'s training images."""
+    if dataset.startswith(data_mod.FOLDER):
+        return "plain"
+    return "fashion" if dataset == "fashion-mnist" else "digit"  # MNIST, QMNIST, KMNIST: handwriting
+
+
+def check_preprocess_name(name: str | None) -> str | None:
+    if name is not None and name not in PREPROCESSING:
+        raise CnnlabError(f"unknown preprocessing '{name}'; choose one of: {', '.join(PREPROCESSING)}")
+    return name
+
+
+def prepare(image: Image.Image, how: str, name: str = "image") -> np.ndarray:
+    """An opened image file -> uint8 [28, 28], prepared `how` (a PREPROCESSING name)."""
+    if how == "plain":
+        return data_mod.resize_gray(image)
+    return to_fashion(image, name) if how == "fashion" else to_mnist(image, name)
+
+
 # --- models: a run folder or an exported ONNX file -----------------------------------------------
 
 @dataclass
@@ -155,6 +287,7 @@ class Classifier:
     trained: object = None   # runs.folder.TrainedModel for a run folder
     session: object = None   # onnxruntime.InferenceSession for an ONNX file
     metadata: dict | None = None
+    preprocess: str | None = None  # a PREPROCESSING name chosen by the user; None: by the dataset
 
     def __post_init__(self):
         # One model, many server threads: forward passes (and the hooks that read feature maps)
@@ -173,15 +306,14 @@ class Classifier:
             for f in fields(self):
                 setattr(self, f.name, getattr(other, f.name))
 
-    def prepare(self, image: Image.Image, name: str = "image") -> np.ndarray:
-        """An opened image file -> the uint8 [28, 28] input this model was trained on.
+    @property
+    def preprocessing(self) -> str:
+        """How image files are prepared for this model: the user's choice, else by its dataset."""
+        return self.preprocess or preprocessing_for(self.dataset)
 
-        Runs trained on an image folder saw their images only resized (data.resize_gray), so
-        theirs are too; MNIST-style datasets get the MNIST-style treatment (to_mnist).
-        """
-        if self.dataset.startswith(data_mod.FOLDER):
-            return data_mod.resize_gray(image)
-        return to_mnist(image, name=name)
+    def prepare(self, image: Image.Image, name: str = "image") -> np.ndarray:
+        """An opened image file -> the uint8 [28, 28] input this model was trained on."""
+        return prepare(image, self.preprocessing, name)
 
     def logits(self, images_u8: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(images_u8, dtype=np.uint8)
@@ -202,19 +334,24 @@ class Classifier:
         return probs
 
 
-def load_classifier(path: str | os.PathLike, tta: bool = False) -> Classifier:
+def load_classifier(path: str | os.PathLike, tta: bool = False, preprocess: str | None = None) -> Classifier:
     """A run folder (from cnnlab train) or a .onnx file (from cnnlab export).
 
     tta=True (run folders only) averages each image's prediction with its 1-pixel shifts.
+    preprocess: "digit", "fashion" or "plain" (PREPROCESSING) instead of the dataset's own.
     """
     path = Path(path)
+    check_preprocess_name(preprocess)
     if path.is_file() and path.suffix.lower() == ".onnx":
         if tta:
             raise CnnlabError(f"--tta needs a run folder; {path} is an exported ONNX file with a fixed graph")
-        return _load_onnx(path)
-    trained = load(path, tta=tta)
-    return Classifier(str(path), list(trained.classes), trained.mean, trained.std,
-                      dataset=trained.config.get("dataset", "mnist"), trained=trained)
+        clf = _load_onnx(path)
+    else:
+        trained = load(path, tta=tta)
+        clf = Classifier(str(path), list(trained.classes), trained.mean, trained.std,
+                         dataset=trained.config.get("dataset", "mnist"), trained=trained)
+    clf.preprocess = preprocess
+    return clf
 
 
 def _load_onnx(path: Path) -> Classifier:
@@ -307,7 +444,7 @@ def predict_files(clf: Classifier, inputs, top_k: int = 3, save_preprocessed: st
             pending.clear()
 
     for i, f in enumerate(files):
-        results.append({"file": str(f)})
+        results.append({"file": str(f), "preprocessing": clf.preprocessing})
         try:
             arr = clf.prepare(open_image(f), name=str(f))
         except ImageError as e:

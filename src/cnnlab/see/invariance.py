@@ -2,7 +2,8 @@
 
 Shift test digits by 1-4 pixels and count how often a trained model's prediction changes, and how
 far its last feature map moves, for a model with pooling and the same model without it
-(no_pool_cnn: stride-2 convolutions instead of max pooling), trained with the run's own recipe.
+(no_pool_cnn: stride-2 convolutions instead of max pooling), trained with the run's own recipe on
+the run's own images - a baseline trained otherwise is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Callable
 import torch
 from matplotlib.figure import Figure as MplFigure
 
-from ..engine.config import TrainConfig
+from ..engine.config import FOLDER, TrainConfig
 from ..engine.processes import resolve_device
 from ..engine.train import train
 from ..errors import CnnlabError
@@ -77,14 +78,48 @@ def invariance(models: dict, images: torch.Tensor, labels: torch.Tensor, max_shi
     return rows
 
 
-def baseline_for(run_config: dict, data_dir=None, log: Callable | None = None, **overrides):
+# What decides what a network learns, besides its architecture: the pool-free baseline must share
+# every one with the pooled run, or the table measures a difference in training, not pooling
+# (a 60,000-image pooled run against a 6,000-image baseline "showed" a 9-point pooling effect).
+SAME_TRAINING = ("dataset", "limit_train", "test_split", "val_split", "epochs", "batch_size", "optimizer", "lr",
+                 "weight_decay", "schedule", "augment", "label_smoothing", "patience", "target_accuracy")
+
+
+def training_of(config: dict) -> dict:
+    """The SAME_TRAINING settings of a run's config.json (TrainConfig's defaults where an older run lacks one)."""
+    recipe = {**asdict(TrainConfig()), **(config.get("recipe") or {})}
+    if "test_split" not in (config.get("recipe") or {}) or not str(recipe["dataset"]).startswith(FOLDER):
+        recipe["test_split"] = None  # trained before there was a test share, or a dataset with its own
+    return {k: recipe[k] for k in SAME_TRAINING}
+
+
+def images_text(limit) -> str:
+    return "all its training images" if limit is None else f"the first {limit:,} training images"
+
+
+def _show(key: str, value) -> str:
+    if key == "limit_train":
+        return images_text(value)
+    return f"--{key.replace('_', '-')} {value}" if value is not None else f"no --{key.replace('_', '-')}"
+
+
+def check_same_training(run: dict, baseline: dict, name: str) -> None:
+    """A one-line CnnlabError naming the first setting in which `baseline` was trained unlike `run`."""
+    a, b = training_of(run), training_of(baseline)
+    for key in SAME_TRAINING:
+        if a[key] != b[key]:
+            raise CnnlabError(f"{name} was trained with {_show(key, b[key])} but the run with {_show(key, a[key])}; "
+                              f"pooling can only be compared between networks trained alike - train the "
+                              f"baseline with the run's settings, or leave out --baseline to train one so")
+
+
+def baseline_for(run_config: dict, data_dir=None, log: Callable | None = None):
     """Train no_pool_cnn with the pooled run's own recipe (same data, seed, epochs), through train.train."""
     recipe = run_config.get("recipe") or {}
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in recipe.items() if k in known})
-    settings = {"model": "no_pool_cnn", **{k: v for k, v in overrides.items() if v is not None}}
-    result = train(cfg, data_dir=data_dir, save=False, progress=False, log=log, **settings)
-    config = {"model": "no_pool_cnn", "classes": run_config.get("classes"),
+    result = train(cfg, data_dir=data_dir, save=False, progress=False, log=log, model="no_pool_cnn")
+    config = {"model": "no_pool_cnn", "classes": run_config.get("classes"), "dataset": result.config.dataset,
               "normalization": run_config["normalization"], "recipe": asdict(result.config)}
     return TrainedModel(result.model.eval(), config, None, resolve_device(result.config.device))
 
@@ -113,24 +148,33 @@ def plot_invariance(rows: list[dict], out, force: bool = False, inputs=()) -> No
 def measure(run_dir, *, baseline_dir=None, out=None, limit: int | None = None, max_shift: int = 4,
             limit_train: int | None = None, data_dir=None, log: Callable | None = None,
             force: bool = False) -> dict:
-    """`cnnlab pool --invariance`: the run against a pool-free baseline on its own test images,
-    with the plot written to `out` (default RUN_DIR/invariance.png; an existing file is replaced
-    only with force, a file of either run never)."""
+    """`cnnlab pool --invariance`: the run against a pool-free baseline trained alike, on the run's own
+    test images, with the plot written to `out` (default RUN_DIR/invariance.png; an existing file is
+    replaced only with force, a file of either run never).
+
+    limit_train, when given, must be the run's own: the baseline sees exactly the run's images.
+    """
     pooled = load(run_dir)
     check_has_features(pooled)  # before any baseline is trained
+    training = training_of(pooled.config)
+    if limit_train is not None and limit_train != training["limit_train"]:
+        raise CnnlabError(f"--limit-train {limit_train:,} would train the baseline on the first {limit_train:,} "
+                          f"images but {run_dir} was trained on {images_text(training['limit_train'])}; the baseline "
+                          f"must see the same images - drop --limit-train (or train the pooled run with it too)")
     out = Path(out) if out else Path(run_dir) / "invariance.png"
     inputs = [*run_files(run_dir), *(run_files(baseline_dir) if baseline_dir else [])]
     check_output(out, force=force, inputs=inputs)
     if baseline_dir:
         baseline = load(baseline_dir)
         check_has_features(baseline)
+        check_same_training(pooled.config, baseline.config, f"--baseline {baseline_dir}")
     else:
-        (log or print)(f"training no_pool_cnn with {pooled.name}'s recipe for comparison "
-                       f"(pass --baseline RUN_DIR to reuse one)")
-        baseline = baseline_for(pooled.config, data_dir=data_dir, log=log, limit_train=limit_train)
+        (log or print)(f"training no_pool_cnn with {pooled.name}'s recipe and images for comparison "
+                       f"(pass --baseline RUN_DIR to reuse one trained alike)")
+        baseline = baseline_for(pooled.config, data_dir=data_dir, log=log)
     _, test = test_split(pooled.config, data_dir, limit)
     models = {pooled.name: pooled, baseline.name if baseline.name != pooled.name else "baseline": baseline}
     rows = invariance(models, test.images, test.labels, max_shift)
     plot_invariance(rows, out, force, inputs)
     return {"run_dir": str(pooled.run_dir), "baseline": str(baseline.run_dir) if baseline.run_dir else None,
-            "images": len(test), "plot": str(out), "rows": rows}
+            "training": training, "images": len(test), "plot": str(out), "rows": rows}

@@ -23,7 +23,7 @@ from ..errors import CnnlabError
 from ..files import atomic_write, check_outputs, make_dir
 from ..runs.folder import ENSEMBLE, TrainedModel, load, test_split
 from ..runs.inference import metrics_from_predictions, predict_logits
-from ..runs.predict import ImageError, open_image, to_mnist
+from ..runs.predict import ImageError, check_preprocess_name, open_image, prepare, preprocessing_for
 from . import figures
 from .explain import trace
 from .figures import Figure
@@ -53,10 +53,11 @@ class Visuals:
 
 
 def render(run, *, index: int = 0, image=None, explain: list[int] | None = None, limit: int | None = None,
-           mistakes: int = 16, data_dir=None, progress: bool = False) -> Visuals:
+           mistakes: int = 16, data_dir=None, progress: bool = False, preprocess: str | None = None) -> Visuals:
     """Compute and draw every figure that applies to a run (a folder or a loaded TrainedModel).
 
-    index: the test image whose feature maps are drawn; image: a user's image file drawn instead.
+    index: the test image whose feature maps are drawn; image: a user's image file drawn instead,
+    prepared as the run's dataset was made or as `preprocess` says ("digit", "fashion", "plain").
     explain: test indices for saliency/Grad-CAM (default: `index` and the 3 most confident mistakes).
     limit: use the first N test images for the confusion matrix and the mistakes.
     """
@@ -69,7 +70,8 @@ def render(run, *, index: int = 0, image=None, explain: list[int] | None = None,
         if not 0 <= i < len(test_full):
             raise CnnlabError(f"test image index {i} is out of range; {dataset} has {len(test_full):,} test "
                               f"images (0..{len(test_full) - 1})")
-    user = _user_image(image) if image is not None else None
+    how = check_preprocess_name(preprocess) or preprocessing_for(trained.config.get("dataset", "mnist"))
+    user = _user_image(image, how) if image is not None else None
     test = test_full.subset(limit)
     with _progress(progress) as bar:
         probs = _predict(trained, test, bar).softmax(1)
@@ -79,7 +81,7 @@ def render(run, *, index: int = 0, image=None, explain: list[int] | None = None,
     shown = torch.from_numpy(user) if user is not None else test_full.images[index]
     x = trained.preprocess(shown[None])
     _, layers = trace(trained.model, x)
-    source = (f"your image {Path(image).name}" if user is not None
+    source = (f"your image {Path(image).name} ({how} preprocessing)" if user is not None
               else f"test #{index} (true {trained.classes[int(test_full.labels[index])]})")
     made = [figures.filters(trained, layers, x),
             figures.feature_maps(trained, layers, shown.numpy(), source, None if user is not None else index),
@@ -93,7 +95,10 @@ def render(run, *, index: int = 0, image=None, explain: list[int] | None = None,
     made.append(figures.explanations(trained, sources, any(l.kind == "conv" for l in layers), x))
     drawn = [f for figs, _ in made for f in figs]
     missing = [n for _, reasons in made for n in reasons]
-    return Visuals(trained.run_dir, trained.name, dataset, drawn, missing, _summary(metrics, drawn, wrong))
+    summary = _summary(metrics, drawn, wrong)
+    if user is not None:
+        summary["image_preprocessing"] = how
+    return Visuals(trained.run_dir, trained.name, dataset, drawn, missing, summary)
 
 
 def _summary(metrics: dict, drawn: list[Figure], wrong: list[dict]) -> dict:
@@ -134,10 +139,10 @@ def _progress(enabled: bool):
                     console=console, transient=True, disable=not console.is_terminal)
 
 
-def _user_image(path) -> np.ndarray:
-    """A user's photo, scan or drawing -> uint8 [28, 28] made the way MNIST was (runs/predict.py)."""
+def _user_image(path, how: str) -> np.ndarray:
+    """A user's photo, scan or drawing -> uint8 [28, 28], prepared `how` (runs/predict.py's prepare)."""
     try:
-        return to_mnist(open_image(path), str(path))
+        return prepare(open_image(path), how, str(path))
     except ImageError as e:
         raise CnnlabError(f"--image: {e}") from None
 

@@ -1,10 +1,10 @@
 """A web explorer and JSON API for a trained run: draw a digit, watch the network classify it.
 
 FastAPI serves the page in web/static (plain HTML, CSS and JavaScript: no build step, no CDN,
-works offline) and a small JSON API:
+works offline) and a small JSON API, documented at /api/docs (Swagger UI, also served locally):
 
   GET  /healthz        liveness: {"status": "ok"}
-  GET  /api/model      what is loaded: model, classes, normalisation, layers, accuracy
+  GET  /api/model      what is loaded: model, classes, normalisation, preprocessing, layers, accuracy
   POST /api/predict    an image (multipart field "file", or a raw image/* body), or JSON
                        {"image": 28x28 array of 0-255, white on black} -> prediction, the 10
                        probabilities and the 28x28 image the model saw; ?features=1 adds the
@@ -36,6 +36,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -139,7 +140,8 @@ def model_info(clf: Classifier) -> dict:
     folder's own name)."""
     info = {"source": _public(clf.source), "classes": clf.classes,
             "normalization": {"mean": clf.mean, "std": clf.std}, "input": [1, 28, 28],
-            "max_upload_bytes": MAX_UPLOAD, "kernels": list(named_kernels()), "cnnlab": __version__}
+            "max_upload_bytes": MAX_UPLOAD, "preprocessing": clf.preprocessing,
+            "kernels": list(named_kernels()), "cnnlab": __version__}
     if clf.trained is not None:
         t = clf.trained
         metrics = read_metrics(t.run_dir) if t.run_dir else []
@@ -196,13 +198,18 @@ def training_allowed(host: str, allow_training: bool = False) -> bool:
 
 
 def create_app(model: str | Path | Classifier, *, runs_dir: str | Path | None = None, allow_training: bool = True,
-               why_not: str = "", data_dir=None) -> FastAPI:
+               why_not: str = "", data_dir=None, preprocess: str | None = None) -> FastAPI:
     """The explorer for a run folder, an exported .onnx file, or a folder of runs (the newest
     finished one is loaded; none yet: the page can train one). runs_dir is the run browser's folder
-    and where page trainings go (default: the folder of runs, or the folder holding the run)."""
-    clf, root = _open(model, runs_dir)
+    and where page trainings go (default: the folder of runs, or the folder holding the run).
+    Uploaded images are prepared as the model's dataset was made, or as `preprocess` says
+    ("digit", "fashion", "plain")."""
+    clf, root = _open(model, runs_dir, preprocess)
     info = model_info(clf)
-    app = FastAPI(title="cnnlab", version=__version__, docs_url="/api/docs", redoc_url=None)
+    # /api/docs is Swagger UI from files shipped in the fastapi-offline package, not from a CDN:
+    # like the rest of the page it works with no network.
+    app = FastAPIOffline(title="cnnlab", version=__version__, docs_url="/api/docs", redoc_url=None,
+                         static_url="/api/docs-assets")
     app.state.classifier, app.state.info = clf, info
     app.add_middleware(CatchAll)
     _add_pages(app, info)
@@ -216,15 +223,16 @@ def create_app(model: str | Path | Classifier, *, runs_dir: str | Path | None = 
     return app
 
 
-def _open(model, runs_dir) -> tuple[Classifier, Path]:
+def _open(model, runs_dir, preprocess: str | None = None) -> tuple[Classifier, Path]:
     if isinstance(model, Classifier):
         return model, Path(runs_dir or "runs")
     path = Path(model)
     if path.is_dir() and not is_run(path):  # a folder of runs
         latest = latest_finished(path)
-        clf = load_classifier(latest) if latest else Classifier(f"no finished run in {path} yet", DIGITS, 0.5, 0.5)
+        clf = (load_classifier(latest, preprocess=preprocess) if latest
+               else Classifier(f"no finished run in {path} yet", DIGITS, 0.5, 0.5, preprocess=preprocess))
         return clf, Path(runs_dir or path)
-    return load_classifier(path), Path(runs_dir or path.parent)
+    return load_classifier(path, preprocess=preprocess), Path(runs_dir or path.parent)
 
 
 def _use_model(app: FastAPI, path: Path) -> dict:
@@ -316,11 +324,11 @@ def _add_kernel_route(app: FastAPI) -> None:
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", *,
-          allow_training: bool = False, runs_dir=None, data_dir=None) -> None:
+          allow_training: bool = False, runs_dir=None, data_dir=None, preprocess: str | None = None) -> None:
     """Serve the explorer. Training from the page (and changing its model) is on where only this
     machine can reach the server, elsewhere only with allow_training: it uses this machine's CPU."""
     allowed = training_allowed(host, allow_training)
-    app = create_app(model, runs_dir=runs_dir, allow_training=allowed, data_dir=data_dir,
+    app = create_app(model, runs_dir=runs_dir, allow_training=allowed, data_dir=data_dir, preprocess=preprocess,
                      why_not=f"training from the page is off because the server listens on {host}, where other "
                              f"machines can reach it; restart it with --allow-training to allow it")
     # Check the address first: uvicorn would log a traceback-like error and exit on its own.
@@ -347,4 +355,4 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_leve
 
 def info_line(app: FastAPI) -> str:
     clf = app.state.classifier
-    return f"{clf.source} ({len(clf.classes)} classes)"
+    return f"{clf.source} ({len(clf.classes)} classes, {clf.preprocessing} preprocessing of uploads)"
