@@ -106,11 +106,16 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
 
 
 @contextmanager
-def serving(run_dir, log_path: Path):
-    """`python -m cnnlab serve RUN_DIR` on a free loopback port, as a user starts it: yields its URL."""
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def serving(run_dir, log_path: Path):
+    """`python -m cnnlab serve RUN_DIR` on a free loopback port, as a user starts it: yields its URL."""
+    port = free_port()
     log = open(log_path, "w+")
     env = {**os.environ, "CNNLAB_DATA_DIR": str(DATA_DIR),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}

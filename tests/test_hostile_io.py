@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from cnnlab.engine import data
 from cnnlab.errors import DataError
 from cnnlab.runs.predict import to_mnist
-from conftest import DATA_DIR, SRC, assert_usage_error, run_cli, run_main
+from conftest import DATA_DIR, SRC, assert_usage_error, free_port, run_cli, run_main
 from photos import rgba_png
 
 
@@ -96,12 +96,6 @@ def test_outputs_replace_only_with_force_never_an_input_link_or_fifo(quick_run, 
 
 
 # --- 5 and 8: the server, bad requests, memory ------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(quick_run, tmp_path_factory):

@@ -19,8 +19,7 @@ import pytest
 from PIL import Image
 
 from cnnlab.runs import folder
-from conftest import DATA_DIR, SRC, run_cli
-from test_serve_e2e import free_port
+from conftest import DATA_DIR, SRC, free_port, run_cli
 
 LIVE = 180_000  # ms a browser wait may take on a busy machine (training starts a Python process)
 
