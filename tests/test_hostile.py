@@ -270,7 +270,7 @@ def test_11_corrupt_inputs_are_one_line_and_write_nothing(finished, tmp_path, ca
     nested = copy_of(finished, tmp_path, "nested")
     (nested / folder.WEIGHTS).unlink()
     deep = "[" * 100_000 + "]" * 100_000
-    header = json.dumps({"__metadata__": {"format": checkpoint.FORMAT}}).encode()[:-1] + b', "x": ' + deep.encode() + b"}"
+    header = b'{"__metadata__": {"format": "%s"}, "x": %s}' % (checkpoint.FORMAT.encode(), deep.encode())
     (nested / checkpoint.CHECKPOINT).write_bytes(len(header).to_bytes(8, "little") + header)
     before = sorted(p.name for p in nested.iterdir())
     code, _, err = run_main(capsys, "train", "--resume", nested)
@@ -309,7 +309,8 @@ def test_11_tampered_onnx_metadata_is_one_line(exported, change, message, tmp_pa
     path, digit, good = exported
     proto = onnx.load(str(path))
     meta = change(good)
-    next(p for p in proto.metadata_props if p.key == "cnnlab").value = meta if isinstance(meta, str) else json.dumps(meta)
+    entry = next(p for p in proto.metadata_props if p.key == "cnnlab")
+    entry.value = meta if isinstance(meta, str) else json.dumps(meta)
     onnx.save(proto, str(tmp_path / "tampered.onnx"))
     code, out, err = run_main(capsys, "predict", tmp_path / "tampered.onnx", digit, "--json")
     assert out == ""
@@ -331,9 +332,11 @@ def test_12_an_ensemble_killed_before_its_members_first_checkpoints_resumes(data
     (killed / "member-1").mkdir()
     (killed / "member-1" / LOCK).write_text('{"pid": 999999999}')
     (killed / "member-1" / ".config.json.k3_x9a0q.tmp").write_text('{"mod')
+    (killed / ".ensemble-plan.json.8d_vvy2m.tmp").write_text('{"mod')
     for name in (folder.WEIGHTS, folder.METRICS, checkpoint.CHECKPOINT):
         (killed / "member-2" / name).unlink()
     cnnlab.train_ensemble(None, 2, resume=killed, data_dir=data_dir, progress=False, log=None)
+    assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in straight.iterdir())
     for member in ("member-1", "member-2"):
         assert same_tensors(weights_of(killed / member), weights_of(straight / member))
         assert sorted(p.name for p in (killed / member).iterdir()) == sorted(

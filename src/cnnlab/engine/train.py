@@ -181,10 +181,11 @@ def train(config: TrainConfig | None = None, *, data_dir=None, out=None, save: b
             run = _Run(cfg, procs, data_dir, main_log, stop, _threads(cfg, resume))
             if resume is not None:
                 run.restore(resume, saved)
-            elif save and procs.main:
-                run.stop_if_asked("before training began; nothing was saved")
-                run.run_dir = held.enter_context(folder.new_run(cfg, run.info, run.parameters, out, main_log,
-                                                                     run.precision, run.threads))
+            else:
+                run.stop_if_asked("before training began; nothing was saved")  # (every rank: a collective)
+                if save and procs.main:
+                    run.run_dir = held.enter_context(folder.new_run(cfg, run.info, run.parameters, out, main_log,
+                                                                         run.precision, run.threads))
             return run.loop(progress and procs.main)
         except KeyboardInterrupt:  # the same signal twice: StopRequest stopped at once
             kept = run.kept() if run else (f"{resume} is unchanged" if resume else "nothing was saved")

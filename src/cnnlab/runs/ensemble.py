@@ -25,8 +25,6 @@ from . import folder
 from .folder import CONFIG, ENSEMBLE, MEMBER, METRICS, WEIGHTS, ensemble_config, member_dirs, read_config, test_split
 from .inference import SHIFTS, TTA, EveryView, fraction_correct, log_mean_softmax
 
-PLAN = "ensemble-plan.json"  # written when `train --ensemble` starts: the models members cycle through
-
 
 def evaluate_ensemble(run_dir, data_dir=None, limit: int | None = None, record: bool = False) -> dict:
     """Test accuracy of each member, of the ensemble, and of the ensemble with TTA (same images).
@@ -76,8 +74,8 @@ def train_ensemble(config, n: int, *, models=None, data_dir=None, out=None, resu
 
     resume=DIR finishes an interrupted `train --ensemble` in DIR: finished members are kept, an
     interrupted one resumes from its checkpoint (or starts again if it had none), missing ones are
-    trained with the settings and models saved in PLAN. overrides (epochs, device, threads only) apply
-    to what is trained now.
+    trained with the settings and models saved in the plan (folder.PLAN). overrides (epochs, device,
+    threads only) apply to what is trained now.
     """
     log = log or (lambda s: None)
     if n < 2:
@@ -129,7 +127,7 @@ def _begin(config, models, out, overrides: dict, held: ExitStack, log):
         checked(replace(config, model=name))  # an unknown model fails before anything is written
     root = held.enter_context(folder.new_run_dir(f"{ENSEMBLE}-{config.model}", out, log))
     # Read by --resume: the settings and which network each missing member must be.
-    write_json(root / PLAN, {"models": models, "recipe": asdict(config)})
+    write_json(root / folder.PLAN, {"models": models, "recipe": asdict(config)})
     return root, config, models
 
 
@@ -163,7 +161,7 @@ def _unfinished(root: Path, overrides: dict):
                           f"{', '.join('--' + k.replace('_', '-') for k in fixed)} (only {resume_flags()} may change)")
     plan, first = _read_plan(root), root / MEMBER.format(1)
     if plan and "recipe" in plan:
-        saved, source = plan["recipe"], root / PLAN
+        saved, source = plan["recipe"], root / folder.PLAN
     elif (first / CONFIG).is_file():  # (plans written before they held the settings)
         saved, source = read_config(first).get("recipe") or {}, first / CONFIG
     elif plan is not None or (root / folder.LOCK).is_file() or (root.is_dir() and not any(root.iterdir())):
@@ -177,7 +175,7 @@ def _unfinished(root: Path, overrides: dict):
     except TypeError:
         raise RunError(f"{source} was written by another cnnlab version; it cannot be resumed by this one") from None
     if plan is False:
-        raise RunError(f"{root / PLAN} is corrupt; delete it to train every missing member as {config.model}")
+        raise RunError(f"{root / folder.PLAN} is corrupt; delete it to train every missing member as {config.model}")
     models = plan["models"] if plan else [config.model]  # no plan (deleted): member-1's model for all
     for name in models:
         checked(replace(config, model=name))
@@ -185,11 +183,11 @@ def _unfinished(root: Path, overrides: dict):
 
 
 def _read_plan(root: Path) -> dict | None | bool:
-    """PLAN's {"models": [...], "recipe": {...}}; None when there is none, False when it is corrupt."""
-    if not (root / PLAN).is_file():
+    """The plan's {"models": [...], "recipe": {...}}; None when there is none, False when it is corrupt."""
+    if not (root / folder.PLAN).is_file():
         return None
     try:
-        plan = json.loads((root / PLAN).read_text())
+        plan = json.loads((root / folder.PLAN).read_text())
     except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
         return False
     models = plan.get("models") if isinstance(plan, dict) else None

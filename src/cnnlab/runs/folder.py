@@ -69,6 +69,7 @@ HISTORY_KINDS = {
 }
 ENSEMBLE = "ensemble"  # the "model" of an ensemble folder's config.json
 MEMBER = "member-{}"
+PLAN = "ensemble-plan.json"  # an ensemble folder's, from its start: its settings and the models members cycle through
 LOCK = ".lock"
 
 try:
@@ -123,7 +124,7 @@ def check_out(path) -> None:
     path = Path(path)
     if not path.exists():
         return
-    if path.is_dir() and all(p.name == LOCK or _ORPHAN.match(p.name) for p in path.iterdir()):
+    if path.is_dir() and all(p.name == LOCK or _orphan(p.name) for p in path.iterdir()):
         return
     if path.is_dir() and (path / LOCK).is_file():
         holder = _holder(path)
@@ -283,12 +284,16 @@ def _in_use(run_dir: Path, holder: str) -> str:
 _ORPHAN = re.compile(r"^\.(.+)\.[a-z0-9_]{8}\.tmp$")
 
 
+def _orphan(name: str) -> bool:
+    """Is `name` a temporary of one of the files cnnlab writes in a run (or ensemble) folder?"""
+    m = _ORPHAN.match(name)
+    return bool(m) and m.group(1) in {WEIGHTS, CONFIG, METRICS, PLAN, checkpoint.CHECKPOINT}
+
+
 def _remove_orphans(run_dir: Path) -> None:
     """Delete the temporaries a writer killed mid-write left beside the run's own files."""
-    own = {WEIGHTS, CONFIG, METRICS, checkpoint.CHECKPOINT}
     for p in run_dir.iterdir():
-        m = _ORPHAN.match(p.name)
-        if m and m.group(1) in own and p.is_file():
+        if _orphan(p.name) and p.is_file():
             p.unlink(missing_ok=True)
 
 
