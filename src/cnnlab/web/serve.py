@@ -251,7 +251,7 @@ def _add_pages(app: FastAPI, info: dict) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):  # 404, 405: the same {"error": ...} shape
-        return JSONResponse({"error": f"{request.method} {request.url.path}: {exc.detail.lower()}"},
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {str(exc.detail).lower()}"},
                             status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/", include_in_schema=False)
