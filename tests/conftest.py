@@ -1,21 +1,30 @@
-"""Shared fixtures: the real datasets in ../shared/datasets, a CLI runner, one quick trained run."""
+"""Shared fixtures: the real datasets where the CLI finds them, a CLI runner, one quick trained run."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import sync_playwright
 
 import cnnlab
 from cnnlab.cli import main
+from cnnlab.engine import data
+from cnnlab.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-DATA_DIR = Path(os.environ.get("CNNLAB_DATA_DIR") or ROOT.parent / "shared" / "datasets").resolve()
+# Where `cnnlab train` reads and downloads the datasets: $CNNLAB_DATA_DIR, else ./data (the
+# engine's data_dir() decides, for the CLI and the tests alike; CI points it at its shared copy).
+DATA_DIR = data.data_dir().resolve()
+TEST_DATASETS = ("mnist", "fashion-mnist")
 
 # Settings that make one epoch on 6,000 images reach >= 95% with simple_cnn on the first 2,000 test
 # images (measured: 95.3% with the engine's bf16 autocast, 95.7-95.9% in fp32 over seeds 0-2); the
@@ -42,9 +51,21 @@ def assert_usage_error(code: int, stderr: str, message: str) -> None:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    if not (DATA_DIR / "MNIST" / "raw").is_dir():
-        pytest.fail(f"real datasets not found at {DATA_DIR}; set CNNLAB_DATA_DIR (see README)")
+    """The real MNIST and Fashion-MNIST files, found (or, where missing and the network is there,
+    downloaded) the way `cnnlab train` does it."""
+    try:
+        for name in TEST_DATASETS:
+            data.ensure_files(data.dataset_info(name), DATA_DIR)
+    except DataError as e:
+        pytest.fail(f"real datasets not found: {e}", pytrace=False)
     return DATA_DIR
+
+
+def screenshot_run(request):
+    """The simple_cnn run the browser tests serve: CNNLAB_SCREENSHOT_RUN (a better-trained run, for the
+    docs' screenshots; run from the repository root so the page shows its relative path), else quick_run."""
+    chosen = os.environ.get("CNNLAB_SCREENSHOT_RUN")
+    return Path(chosen) if chosen else request.getfixturevalue("quick_run").run_dir
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +103,44 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@contextmanager
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serving(run_dir, log_path: Path):
+    """`python -m cnnlab serve RUN_DIR` on a free loopback port, as a user starts it: yields its URL."""
+    port = free_port()
+    log = open(log_path, "w+")
+    env = {**os.environ, "CNNLAB_DATA_DIR": str(DATA_DIR),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", str(run_dir), "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log.seek(0)
+            pytest.fail(f"server did not start: {log.read()}")
+        time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.seek(0)
+        print("\nserver log:\n" + log.read())

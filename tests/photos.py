@@ -8,6 +8,8 @@ compression. Deterministic for a given seed.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -44,6 +46,23 @@ def restyle(digit_u8: np.ndarray, rng: np.random.Generator) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=int(rng.integers(50, 90)))
     return buf.getvalue()
+
+
+def rgba_png(side: int, bar: int) -> bytes:
+    """A side x side RGBA PNG, transparent except a black vertical bar `bar` pixels wide (a "1"):
+    written row by row, so the caller never holds the decoded image (8000x8000 is 256 MB). Highly
+    compressible, as an attacker's would be: 8000x8000 is about 300 KB."""
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    clear = b"\0" + b"\xff\xff\xff\x00" * side
+    left = (side - bar) // 2
+    ink = b"\0" + b"\xff\xff\xff\x00" * left + b"\x00\x00\x00\xff" * bar + b"\xff\xff\xff\x00" * (side - left - bar)
+    z, parts = zlib.compressobj(9), []
+    for y in range(side):
+        parts.append(z.compress(ink if side // 6 <= y < side - side // 6 else clear))
+    parts.append(z.flush())
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0))
+            + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
 
 
 LIGHTS = ("lamp", "diagonal", "vignette")

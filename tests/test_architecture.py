@@ -20,9 +20,8 @@ from conftest import SRC, assert_usage_error, run_cli
 PACKAGE = SRC / "cnnlab"
 MAX_FUNCTION_LINES = 80
 # Packages from the bottom up. A module may import its own package and those listed before it,
-# with one documented exception each way: lecture/params counts the engine's models, and the
-# engine's loop writes through runs/folder.py (the one owner of the run-folder format) and
-# measures with runs/inference.py.
+# with one documented exception: the engine's loop writes through runs/folder.py (the one owner of
+# the run-folder format) and measures with runs/inference.py.
 ORDER = ["errors", "files", "engine.config", "lecture", "engine", "runs", "see", "web", "cli"]
 ALLOWED_UP = {("engine.train", "runs.folder"), ("engine.train", "runs.inference"),
               ("engine.train", "runs")}
@@ -104,8 +103,7 @@ def test_imports_point_down_the_layers():
         for t in targets:
             if t and rank(t) > rank(m) and (m, t) not in ALLOWED_UP and not any(
                     m.startswith(a) and t.startswith(b) for a, b in ALLOWED_UP):
-                if not (m == "lecture.params" and t.startswith("engine.models")):
-                    wrong.append(f"{m} imports {t}")
+                wrong.append(f"{m} imports {t}")
     assert not wrong, wrong
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from cnnlab import load
 from cnnlab.engine import data
-from cnnlab.lecture.params import summarize
+from cnnlab.engine.summary import summarize
 from cnnlab.runs.inference import accuracy
 from conftest import run_cli, run_main
 

@@ -1,6 +1,9 @@
 """cnnlab conv: the sliding-window loop equals torch's conv2d; the lecture's example by hand."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from hypothesis.extra.numpy import arrays
 from scipy.signal import convolve2d
 
 from cnnlab.lecture import conv
-from conftest import run_cli, run_main
+from conftest import SRC, run_cli, run_main
 
 LECTURE_OUTPUT = [[3, 6, 8, 17], [14, 1, 4, 9], [23, 2, 5, 5], [20, 8, 2, 15]]
 
@@ -118,6 +121,55 @@ def test_cli_options_file_and_named_kernel(capsys, tmp_path):
     (["--stride", "0"], "must be at least 1"),
 ])
 def test_cli_errors(capsys, args, message):
+    code, _, err = run_main(capsys, "conv", *args)
+    assert code == 2, args
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_several_channels_and_kernels_equal_torch(capsys, tmp_path):
+    x = "1 2 0 1; 0 1 2 3; 2 0 1 1; 1 1 0 2 | 0 1 0 2; 1 0 1 1; 0 1 0 0; 3 1 2 1"
+    k1, k2 = "1 0; 0 1 | 0 1; 1 0", "1 1; 1 1 | -1 -1; -1 -1"
+    data = json.loads(run_main(capsys, "conv", x, k1, k2, "--bias", "0.5,-1", "--padding", "1", "--stride", "2",
+                               "--json")[1])
+    xt = torch.tensor(conv.parse_channels(x))[None]
+    w = torch.stack([torch.tensor(conv.parse_channels(k)) for k in (k1, k2)])
+    ref = F.conv2d(xt, w, torch.tensor([0.5, -1.0], dtype=torch.float64), stride=2, padding=1)[0]
+    assert np.array(data["output"]).shape == (2, 3, 3)
+    np.testing.assert_allclose(data["output"], ref.numpy(), atol=1e-12)
+    assert len(data["steps"]) == 2 * 3 * 3
+    s = data["steps"][4]  # kernel 0, the middle position: windows of both channels, their sums, the bias
+    assert (s["kernel"], s["row"], s["col"]) == (0, 1, 1)
+    assert s["channels"][0]["window"] == [[1, 2], [0, 1]] and s["channels"][1]["window"] == [[0, 1], [1, 0]]
+    assert [c["sum"] for c in s["channels"]] == [2, 2] and s["bias"] == 0.5 and s["sum"] == 4.5
+    # The text form shows each channel's products and the sum over channels.
+    code, out, err = run_main(capsys, "conv", x, k1, k2, "--bias", "0.5,-1", "--steps", "1")
+    assert code == 0, err
+    assert "channel 1: 0x0 + 1x1 + 1x1 + 0x0 = 2" in out and "2 + 2 + bias 0.5 = 4.5" in out
+    # A [C, H, W] .npy input works like the typed one.
+    np.save(tmp_path / "x.npy", conv.parse_channels(x))
+    again = json.loads(run_main(capsys, "conv", str(tmp_path / "x.npy"), k1, k2, "--bias", "0.5,-1", "--padding",
+                                "1", "--stride", "2", "--json")[1])
+    assert again["output"] == data["output"]
+
+
+def test_cli_conv_does_not_load_torch():
+    code = ("import sys; from cnnlab.cli import main; main(['conv', '1 2; 3 4 | 5 6; 7 8', '1 | 2']); "
+            "assert 'torch' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(SRC)}, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert "1 + 10 = 11" in r.stdout  # out[0][0][0]: 1x1 from channel 0 plus 5x2 from channel 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["1 2; 3 4 | 5 6; 7 8", "1 0; 0 1"], "kernel 1 has 1 channel but the input has 2"),
+    (["1 2; 3 4 | 5 6"], "different sizes"),
+    (["1 2 3; 4 5 6; 7 8 9", "1 0; 0 1", "1 0 0; 0 1 0; 0 0 1"], "kernel 2 is 3x3 but kernel 1 is 2x2"),
+    (["1 2; 3 4", "1", "--bias", "1,2"], "--bias has 2"),
+    (["1 2; 3 4", "1", "--bias", "nan"], "--bias has 1 finite"),
+    (["1 2; 3 4", "1", "--bias", "a"], "must be numbers"),
+])
+def test_cli_channel_errors(capsys, args, message):
     code, _, err = run_main(capsys, "conv", *args)
     assert code == 2, args
     assert message in err and len(err.strip().splitlines()) == 1, err

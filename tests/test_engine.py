@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
+import time
 from dataclasses import asdict
 
 import pytest
@@ -14,7 +18,7 @@ import cnnlab
 from cnnlab.engine import config as recipes
 from cnnlab.engine.config import TrainConfig
 from cnnlab.engine.models import build_model
-from cnnlab.engine.processes import resolve_precision
+from cnnlab.engine.processes import choose_threads, idle_cpus, resolve_precision
 from cnnlab.runs.evaluate import evaluate
 from conftest import ROOT, run_cli
 
@@ -76,8 +80,12 @@ def test_cli_recipe_with_override_and_target(data_dir, tmp_path):
     report = json.loads(r.stdout)
     assert report["recipe"] == "fast" and report["model"] == "fast_cnn"
     assert report["target_reached"] is True and report["test_accuracy"] >= 0.85
-    saved = json.loads((out / "config.json").read_text())["recipe"]
+    config = json.loads((out / "config.json").read_text())
+    saved = config["recipe"]
     assert saved["recipe"] == "fast" and saved["epochs"] == 2 and saved["batch_size"] == recipes.RECIPES["fast"]["batch_size"]
+    # What was asked (auto) and what autocast used on this machine, as the run reported it.
+    assert config["precision"] == {"asked": "auto", "used": resolve_precision("auto", torch.device("cpu"))}
+    assert report["precision"] == config["precision"]["used"]
     assert "reached 85.00% test accuracy after" in r.stderr
     assert "training fast_cnn (32,394 parameters, 31,978 of them trained)" in r.stderr
     # fast_cnn's first conv was computed from the first 2,000 training images and never trained.
@@ -91,8 +99,10 @@ def test_precision_and_layout_are_recorded_and_fp32_still_trains(data_dir, tmp_p
                                          channels_last=False), data_dir=data_dir, out=tmp_path / "r",
                           progress=False, log=None)
     assert result.precision == "fp32" and result.test_accuracy > 0.7
-    saved = json.loads((tmp_path / "r" / "config.json").read_text())["recipe"]
-    assert saved["precision"] == "fp32" and saved["channels_last"] is False
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["recipe"]["precision"] == "fp32" and config["recipe"]["channels_last"] is False
+    assert config["precision"] == {"asked": "fp32", "used": "fp32"}
+    assert config["threads"] == {"asked": None, "used": result.threads} and result.threads >= 1
     # The saved weights load back into an ordinary (NCHW, fp32) model with the same accuracy.
     assert evaluate(tmp_path / "r", data_dir=data_dir, limit=500)["accuracy"] == pytest.approx(result.test_accuracy)
 
@@ -119,3 +129,25 @@ def test_bf16_when_asked_for_trains_and_reports_the_float32_accuracy(data_dir, t
                           data_dir=data_dir, out=tmp_path / "r", progress=False, log=None)
     assert result.precision == "bf16" and result.test_accuracy > 0.7
     assert evaluate(tmp_path / "r", data_dir=data_dir, limit=500)["accuracy"] == result.test_accuracy
+
+
+SPIN = "import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def test_threads_are_the_cores_other_jobs_leave_idle(monkeypatch):
+    # Beside busy processes a training must not spread over their cores: each OpenMP barrier would
+    # wait for a thread the scheduler put aside (docs/benchmarks.md: 5-100x slower than 1 thread).
+    cpu, cores = torch.device("cpu"), len(os.sched_getaffinity(0))
+    assert choose_threads(3, cpu) == 3  # --threads wins
+    busy = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        idle, chosen = idle_cpus(), choose_threads(None, cpu)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert 0 <= idle <= cores - 1.5, idle  # two cores' worth of work was seen
+    assert 1 <= chosen <= max(1, cores - 2), (chosen, cores)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting: PyTorch's choice stands
+    assert choose_threads(None, cpu) == torch.get_num_threads()

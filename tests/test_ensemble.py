@@ -178,8 +178,12 @@ def test_serve_shows_the_ensembles_recorded_test_accuracy(ens):
     recorded = json.loads((out / "config.json").read_text())["evaluation"]
     assert recorded == {"dataset": "mnist", "test_images": N_TEST, "test_accuracy": report["test_accuracy"],
                         "tta_test_accuracy": report["tta_test_accuracy"]}
-    model = TestClient(create_app(out)).get("/api/model").json()
+    client = TestClient(create_app(out))
+    model = client.get("/api/model").json()
     assert model["model"] == "ensemble" and model["test_accuracy"] == report["test_accuracy"]
+    # Its layers are several networks side by side, not one chain: the Network view names a member.
+    r = client.post("/api/network", json={"image": [[0] * 28] * 28})
+    assert r.status_code == 409 and "member-1" in r.json()["error"]
 
 
 def test_ensemble_exports_to_onnx_with_parity(ens, tmp_path, capsys):

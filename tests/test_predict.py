@@ -181,4 +181,6 @@ def test_transparent_png_and_16_bit():
     g16 = np.full((90, 90), 60000, np.uint16)
     g16[15:75, 40:50] = 1000
     b = to_mnist(Image.fromarray(g16))
-    assert np.abs(a.astype(int) - b).max() <= 3
+    # 16 bits are scaled by their full range (x / 257), exactly like the same picture in 8 bits.
+    assert np.array_equal(b, to_mnist(Image.fromarray(np.round(g16 / 257).astype(np.uint8))))
+    assert b[14].max() == 255 and b.sum() > 0.5 * a.sum()

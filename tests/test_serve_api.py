@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -173,3 +174,86 @@ def test_concurrent_requests_get_their_own_answers(client, mnist_test):
         assert p["prediction"] == s["prediction"]
         assert np.allclose(p["probabilities"], s["probabilities"], atol=1e-6)
         assert p["features"][0]["data"] == s["features"][0]["data"]
+
+
+# --- the explaining routes (web/explain.py) --------------------------------------------------------
+
+def test_network_and_unit_equal_the_model(client, quick_run, mnist_test):
+    img = mnist_test.images[3]
+    r = client.post("/api/network", json={"image": img.tolist()})
+    assert r.status_code == 200
+    body = r.json()
+    trained = cnnlab.load(quick_run.run_dir)
+    m = trained.model.eval()
+    x = trained.preprocess(img[None])
+    with torch.no_grad():
+        probs = trained.predict_proba(img[None])[0].numpy()
+        after_pool1 = m.features[:3](x)
+        conv2 = m.features[3](after_pool1)[0]
+    assert [L["name"] for L in body["layers"]] == ["input", *[f"features.{i}" for i in range(6)],
+                                                   *[f"classifier.{i}" for i in range(4)], "softmax"]
+    assert body["prediction"] == int(probs.argmax()) and np.allclose(body["probabilities"], probs, atol=1e-5)
+    assert body["layers"][4]["receptive_field"] == [8, 8] and body["note"] is None
+    u = client.post("/api/unit", json={"image": img.tolist(), "layer": 4, "unit": [5, 0, 13]}).json()
+    assert u["value"] == pytest.approx(float(conv2[5, 0, 13]), abs=1e-5)
+    assert u["rows"] == [-1, 0, 1] and u["cols"] == [12, 13, 14]  # the top row and right column are padding
+    window = np.array(u["window"])
+    assert window.shape == (16, 3, 3) and (window[:, 0, :] == 0).all() and (window[:, :, 2] == 0).all()
+    padded = torch.nn.functional.pad(after_pool1[0], (1, 1, 1, 1))
+    assert np.allclose(window, padded[:, 0:3, 13:16].numpy(), atol=1e-6)
+    assert u["result"] == pytest.approx(u["value"], abs=1e-4)
+    assert u["receptive_field"] == {"top": 0, "left": 23, "bottom": 4, "right": 27, "size": [8, 8],
+                                    "unclipped": [-3, 23, 4, 30]}
+    assert u["then"][0]["name"] == "features.4" and u["then"][0]["value"] == pytest.approx(max(u["value"], 0))
+
+
+def test_explaining_routes_refuse_bad_requests(client, tmp_path):
+    image = np.zeros((28, 28), int).tolist()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("1 2 3; 4 5 6; 7 8 9")
+    for route, body, status, words in [
+        ("/api/network", {}, 422, '"image"'),
+        ("/api/unit", {"image": image, "layer": 99, "unit": [0]}, 422, "layer 99 does not exist"),
+        ("/api/unit", {"image": image, "layer": 1, "unit": [0, 28, 0]}, 422, "outside layer 1"),
+        ("/api/unit", {"image": image, "layer": "1", "unit": [0]}, 422, '"layer"'),
+        ("/api/conv", {"input": str(secret)}, 422, "not a matrix"),  # never opens the server's files
+        ("/api/conv", {"input": "1 2; 3 4", "kernel": "1 2 3; 4 5 6; 7 8 9"}, 422, "does not fit"),
+        ("/api/conv", {"input": [[1] * 17] * 17}, 422, "16x16"),
+        ("/api/conv", {"stride": 0}, 422, "stride must be"),
+        ("/api/pool", {"size": 9}, 422, "size must be"),
+    ]:
+        r = client.post(route, json=body)
+        assert r.status_code == status and words in r.json()["error"], (route, body, r.text)
+
+
+@pytest.mark.parametrize("args, body", [
+    ([], {}),
+    (["2 1 3 1; 0 1 2 4; 1 1 0 2; 3 0 1 1", "1 0 -1; 2 0 -2; 1 0 -1", "--stride", "2", "--padding", "2",
+      "--dilation", "2"],
+     {"input": "2 1 3 1; 0 1 2 4; 1 1 0 2; 3 0 1 1", "kernel": [[1, 0, -1], [2, 0, -2], [1, 0, -1]],
+      "stride": 2, "padding": 2, "dilation": 2}),
+    (["1 2 3; 4 5 6; 7 8 9", "sobel-y", "--padding", "1", "--flip"],
+     {"input": [[1, 2, 3], [4, 5, 6], [7, 8, 9]], "kernel": "sobel-y", "padding": 1, "flip": True}),
+])
+def test_conv_route_is_cnnlab_conv_json(client, capsys, args, body):
+    from conftest import run_main
+    code, out, _ = run_main(capsys, "conv", *args, "--json")
+    assert code == 0
+    assert client.post("/api/conv", json=body).json() == json.loads(out)
+
+
+def test_pool_route_is_cnnlab_pool_json(client, capsys):
+    from conftest import run_main
+    code, out, _ = run_main(capsys, "pool", "1 2 3 4 5; 6 7 8 9 0; 1 3 5 7 9; 2 4 6 8 0; 9 8 7 6 5", "--size",
+                            "3", "--stride", "1", "--json")
+    r = client.post("/api/pool", json={"input": "1 2 3 4 5; 6 7 8 9 0; 1 3 5 7 9; 2 4 6 8 0; 9 8 7 6 5",
+                                       "size": 3, "stride": 1})
+    assert r.json() == json.loads(out)
+
+
+def test_an_onnx_model_cannot_be_looked_inside():
+    from cnnlab.runs.predict import Classifier
+    onnx = TestClient(create_app(Classifier("model.onnx", [str(i) for i in range(10)], 0.5, 0.5)))
+    r = onnx.post("/api/network", json={"image": np.zeros((28, 28), int).tolist()})
+    assert r.status_code == 409 and "serve the run folder" in r.json()["error"]
+    assert onnx.post("/api/conv", json={}).status_code == 200  # the lessons need no model

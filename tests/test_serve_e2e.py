@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,44 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DATA_DIR, SRC
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import screenshot_run, serving
 
 
 @pytest.fixture(scope="module")
-def server(quick_run, tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+")
-    env = {**os.environ, "CNNLAB_DATA_DIR": str(DATA_DIR),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", str(quick_run.run_dir), "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log.seek(0)
-            pytest.fail(f"server did not start: {log.read()}")
-        time.sleep(0.2)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.seek(0)
-    print("\nserver log:\n" + log.read())
+def server(request, tmp_path_factory):
+    with serving(screenshot_run(request), tmp_path_factory.mktemp("serve") / "server.log") as url:
+        yield url
 
 
 def listening_addresses(port: int) -> list[str]:
@@ -82,23 +50,13 @@ def test_binds_loopback_only_by_default(server):
     assert httpx.get(server + "/healthz").json()["status"] == "ok"
 
 
-def test_draw_in_real_browser(server, browser, tmp_path):
-    # CNNLAB_SCREENSHOT_DIR=docs/images keeps the screenshot (README uses it); else a temporary folder.
-    shots = Path(os.environ.get("CNNLAB_SCREENSHOT_DIR") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
-    requests_outside = []
-    page = browser.new_page(viewport={"width": 1200, "height": 1500})
-    page.on("request", lambda r: None if r.url.startswith(server) or r.url.startswith("data:")
-            else requests_outside.append(r.url))
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server + "/")
-    page.wait_for_selector("#bars .bar")
-    assert page.locator("#bars .bar").count() == 10
-    page.wait_for_selector("#filters canvas")
-    assert page.locator("#filters canvas").count() == 16
+BARS = """() => [...document.querySelectorAll('#bars .bar')].map(b => {
+    const t = b.querySelector('.track').getBoundingClientRect(), f = b.querySelector('.fill').getBoundingClientRect();
+    return {p: +b.dataset.prob, track: t.width, fill: f.width, height: f.height, left: f.left - t.left}; })"""
 
-    # Draw a "7": a top bar and a diagonal, with real mouse events.
+
+def draw_seven(page) -> None:
+    """A "7" (a top bar and a diagonal) with real mouse events; waits for the answer about it."""
     box = page.locator("#pad").bounding_box()
     pts = [(70, 60), (210, 60), (190, 110), (160, 170), (130, 240)]
     page.mouse.move(box["x"] + pts[0][0], box["y"] + pts[0][1])
@@ -106,35 +64,88 @@ def test_draw_in_real_browser(server, browser, tmp_path):
     for x, y in pts[1:]:
         page.mouse.move(box["x"] + x, box["y"] + y, steps=8)
     page.mouse.up()
-
-    # Live answers arrive while drawing; wait for the ones about the finished drawing.
+    # Live answers arrive while drawing; wait for the final one about the finished drawing.
     page.wait_for_function("""() => { const v = document.querySelector('#pad').dataset.version;
-        return v && document.querySelector('#prediction').dataset.version === v
-            && document.querySelector('#fm1').dataset.version === v; }""")
+        return v && document.querySelector('#prediction').dataset.final === v; }""")
+
+
+def test_draw_in_real_browser(server, browser, tmp_path):
+    # CNNLAB_SCREENSHOT_DIR=docs/images keeps the screenshot (README uses it); else a temporary folder.
+    shots = Path(os.environ.get("CNNLAB_SCREENSHOT_DIR") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    requests_outside = []
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.on("request", lambda r: None if r.url.startswith(server) or r.url.startswith("data:")
+            else requests_outside.append(r.url))
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.wait_for_selector("#bars .bar")
+    assert page.locator("#bars .bar").count() == 10
+    page.wait_for_selector("#filters canvas", state="attached")
+    assert page.locator("#filters canvas").count() == 16
+
+    draw_seven(page)
     prediction = page.locator("#prediction").inner_text().strip()
     probs = [float(v) for v in page.eval_on_selector_all("#bars .bar", "els => els.map(e => e.dataset.prob)")]
     shown = [float(t.rstrip("%")) for t in page.locator("#bars .bar .pct").all_inner_texts()]
-    assert prediction in [str(i) for i in range(10)]
     assert prediction == "7"
     assert abs(sum(probs) - 1) < 1e-3
     assert abs(sum(shown) - 100) < 1.0  # each bar rounded to 0.1%
-    assert page.locator("#fm1 canvas").count() == 16 and page.locator("#fm2 canvas").count() == 32
+    # What a person sees: each bar's drawn width is its probability of the track's (after the
+    # 0.15 s transition), the top class's bar is most of its track, and bars are 16 pixels tall.
+    page.wait_for_function(f"() => ({BARS})().every(b => Math.abs(b.fill - b.p * b.track) < 1.5)", timeout=5000)
+    bars = page.evaluate(BARS)
+    top = bars[7]
+    assert top["track"] > 150 and top["fill"] >= 0.5 * top["track"] and top["height"] == 16 and top["left"] == 0
+    for b in bars:
+        assert abs(b["fill"] - b["p"] * b["track"]) < 1.5, bars
     # The model's input: some white pixels on black, shown as a 28x28 canvas.
     seen = page.evaluate("""() => { const c = document.querySelector('#seen');
         const d = c.getContext('2d').getImageData(0, 0, 28, 28).data; let n = 0;
         for (let i = 0; i < d.length; i += 4) if (d[i] > 128) n++; return [c.width, n]; }""")
     assert seen[0] == 28 and 20 < seen[1] < 400
-    # The playground has run on the drawing: a Sobel edge map of it.
-    page.select_option("#kernel", "sobel-x")
-    page.wait_for_function("document.querySelector('#kernel-status').textContent.includes('sobel-x')")
-    page.screenshot(path=str(shots / "serve.png"), full_page=True)
+    page.screenshot(path=str(shots / "serve.png"))
     print(f"\nscreenshot: {shots / 'serve.png'}")
 
+    # The Kernels view: the playground runs on the drawing (a Sobel edge map of it).
+    page.click("#nav a[href='#kernels']")
+    assert page.locator("#draw-view").is_hidden() and page.locator("#kernels-view").is_visible()
+    page.select_option("#kernel", "sobel-x")
+    page.wait_for_function("document.querySelector('#kernel-status').textContent.includes('sobel-x')")
+    assert page.locator("#k-out").bounding_box()["width"] == 240
+
+    page.click("#nav a[href='#draw']")
     page.click("#clear")
     assert page.locator("#prediction").inner_text().strip() == "–"
+    assert all(b["fill"] == 0 for b in page.evaluate(BARS))
     page.close()
     assert not errors, errors
     assert not requests_outside, f"the page reached outside the server: {requests_outside}"
+
+
+def test_upload_an_image(server, browser, tmp_path):
+    """A file chosen with the Upload button is prepared as cnnlab predict prepares files."""
+    path = tmp_path / "one.png"
+    path.write_bytes(_digit_png(0))
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(server + "/")
+    page.wait_for_selector("#bars .bar")
+    page.set_input_files("#photo", str(path))
+    page.wait_for_function("() => document.querySelector('#prediction').dataset.final")
+    assert page.locator("#prediction").inner_text().strip() == "1"
+    assert page.evaluate("window.cnnlab.image.length") == 28
+    # Dropped on the pad, a file goes the same way (a real drop event carrying the file).
+    page.click("#clear")
+    page.evaluate("""(b64) => { const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const dt = new DataTransfer(); dt.items.add(new File([bytes], 'one.png', { type: 'image/png' }));
+        document.querySelector('#pad').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true,
+                                                                          cancelable: true })); }""",
+                  base64.b64encode(_digit_png(0)).decode())
+    page.wait_for_function("() => document.querySelector('#prediction').dataset.final === "
+                           "document.querySelector('#pad').dataset.version")
+    assert page.locator("#prediction").inner_text().strip() == "1"
+    page.close()
 
 
 def test_api_docs_render_with_no_network(server, browser, tmp_path):
@@ -154,8 +165,8 @@ def test_api_docs_render_with_no_network(server, browser, tmp_path):
         page.goto(server + "/api/docs")
         page.wait_for_selector(".opblock", timeout=20_000)
         paths = page.locator(".opblock .opblock-summary-path").all_inner_texts()
-        assert sorted(p.strip().replace("\u200b", "") for p in paths) == \
-            ["/api/filters", "/api/kernel", "/api/model", "/api/predict", "/healthz"]
+        shown = {p.strip().replace("\u200b", "") for p in paths}
+        assert {"/api/filters", "/api/kernel", "/api/model", "/api/predict", "/api/network", "/healthz"} <= shown
         for box in (page.locator(".opblock").nth(i).bounding_box() for i in range(5)):
             assert box["width"] > 0.8 * min(width, 1280) - 100 and box["height"] >= 30  # drawn, full width
         page.screenshot(path=str(tmp_path / f"api-docs-{width}.png"), full_page=True)
@@ -178,7 +189,7 @@ def test_draw_with_touch(server, browser):
         cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
     page.wait_for_function("""() => { const v = document.querySelector('#pad').dataset.version;
-        return v && document.querySelector('#fm1').dataset.version === v; }""")
+        return v && document.querySelector('#prediction').dataset.final === v; }""")
     assert page.locator("#prediction").inner_text().strip() == "1"
     # The page did not scroll while drawing (touch-action: none on the pad).
     assert page.evaluate("window.scrollY") == 0

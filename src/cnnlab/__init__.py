@@ -3,10 +3,11 @@
 The Python API is these names; each loads its module (and PyTorch) on first use, so importing
 cnnlab, or running `cnnlab --help`, is quick:
 
-    train, TrainConfig, config (a recipe's TrainConfig), build_model, model_names   (engine/)
+    train, TrainConfig, config (a recipe's TrainConfig), build_model, model_names,
+    summarize                                                                       (engine/)
     load, evaluate, train_ensemble, assemble, evaluate_ensemble, predict_files,
     load_classifier, export, compare                                                (runs/)
-    visualize, report                                                               (see/)
+    visualize, write_figures, check_figures_out, run_files, report, gallery, invariance                           (see/)
     create_app, serve                                                               (web/)
 
 The layout: lecture/ holds the lecture's lessons, engine/ trains, runs/ does everything with a
@@ -24,6 +25,7 @@ _API = {
     "config": ("cnnlab.engine.config", "config"),
     "build_model": ("cnnlab.engine.models", "build_model"),
     "model_names": ("cnnlab.engine.models", "model_names"),
+    "summarize": ("cnnlab.engine.summary", "summarize"),
     "load": ("cnnlab.runs.folder", "load"),
     "evaluate": ("cnnlab.runs.evaluate", "evaluate"),
     "train_ensemble": ("cnnlab.runs.ensemble", "train_ensemble"),
@@ -34,7 +36,12 @@ _API = {
     "export": ("cnnlab.runs.export", "export"),
     "compare": ("cnnlab.runs.compare", "compare"),
     "visualize": ("cnnlab.see.visualize", "render"),
+    "write_figures": ("cnnlab.see.visualize", "write"),
+    "check_figures_out": ("cnnlab.see.visualize", "check_out"),
+    "run_files": ("cnnlab.runs.folder", "run_files"),
     "report": ("cnnlab.see.report", "build"),
+    "gallery": ("cnnlab.see.gallery", "draw"),
+    "invariance": ("cnnlab.see.invariance", "measure"),
     "create_app": ("cnnlab.web.serve", "create_app"),
     "serve": ("cnnlab.web.serve", "serve"),
 }

@@ -69,6 +69,11 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON object on stdout")
 
 
+def add_force_flag(p: argparse.ArgumentParser, what: str = "the output file") -> None:
+    p.add_argument("--force", action="store_true",
+                   help=f"replace {what} if it exists (never a folder, link, device or one of the command's inputs)")
+
+
 def add_data_dir_flag(p: argparse.ArgumentParser, what: str = "dataset folder") -> None:
     p.add_argument("--data-dir", default=None, help=f"{what} (default $CNNLAB_DATA_DIR, else ./data)")
 
@@ -92,7 +97,13 @@ def add_tta_flag(p: argparse.ArgumentParser, note: str = "") -> None:
 
 
 def print_json(obj) -> None:
-    print(json.dumps(obj, indent=2))
+    """One JSON object on stdout. NaN and infinity are not JSON: refused, never printed."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False)
+    except ValueError:
+        raise CnnlabError("the result holds an infinite or NaN number, which JSON cannot carry (an overflow: "
+                          "use smaller values)") from None
+    print(text)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

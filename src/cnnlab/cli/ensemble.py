@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..runs.ensemble import assemble, evaluate_ensemble
+import cnnlab
+
 from . import COMMANDS, add_data_dir_flag, add_json_flag, positive_int, print_json
 
 
@@ -22,8 +23,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    out = assemble(args.run_dirs, args.out)
-    r = evaluate_ensemble(out, data_dir=args.data_dir, limit=args.limit, record=True)
+    out = cnnlab.assemble(args.run_dirs, args.out)
+    r = cnnlab.evaluate_ensemble(out, data_dir=args.data_dir, limit=args.limit, record=True)
     if args.json:
         print_json(r)
         return 0

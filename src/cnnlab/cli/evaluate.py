@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from rich.console import Console
 from rich.table import Table
 
-from ..runs.evaluate import evaluate
+import cnnlab
+
 from . import COMMANDS, add_data_dir_flag, add_json_flag, add_tta_flag, positive_int, print_json
+from .output import console as stdout_console
 
 
 def add_parser(sub) -> None:
@@ -24,13 +25,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    r = evaluate(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit, tta=args.tta)
+    r = cnnlab.evaluate(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit, tta=args.tta)
     if r["skipped_images"]:
         print(f"warning: skipped {r['skipped_images']} unreadable image(s) in {r['dataset']}", file=sys.stderr)
     if args.json:
         print_json(r)
         return 0
-    console = Console()
+    console = stdout_console()
     console.print(f"[bold]{r['run_dir']}[/] on {r['dataset']} test{' with TTA' if r['tta'] else ''}"
                   + (f" ({r['test_images_from']})" if r["dataset"].startswith("folder:") else "")
                   + f": accuracy [bold]{r['accuracy']:.2%}[/] ({r['correct']:,}/{r['total']:,})")

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-from ..runs.export import FORMATS, TOLERANCE, export
-from . import COMMANDS, add_json_flag, print_json
+import cnnlab
+
+from ..engine.config import EXPORT_FORMATS, EXPORT_TOLERANCE
+from . import COMMANDS, add_force_flag, add_json_flag, print_json
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help=COMMANDS["export"],
                        description="Export a run's model with a dynamic batch size and its preprocessing "
                                    "(normalisation, classes) in the file's metadata, then check that the "
-                                   f"exported model's logits match PyTorch's within {TOLERANCE:g} on real test images.")
+                                   f"exported model's logits match PyTorch's within {EXPORT_TOLERANCE:g} on real test images.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'cnnlab train'")
-    p.add_argument("--format", default="onnx", choices=list(FORMATS), help="onnx (default) or torchscript")
+    p.add_argument("--format", default="onnx", choices=list(EXPORT_FORMATS), help="onnx (default) or torchscript")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="file to write (default RUN_DIR/model.onnx or RUN_DIR/model.pt)")
+    add_force_flag(p)
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    r = export(args.run_dir, args.format, args.out)
+    r = cnnlab.export(args.run_dir, args.format, args.out, force=args.force)
     if args.json:
         print_json(r)
         return 0

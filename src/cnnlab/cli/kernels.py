@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import cnnlab
+
 from ..errors import CnnlabError
 from ..lecture import kernels
 from ..lecture.conv import matrix_text, parse_matrix
 from ..lecture.kernels import NAMED
-from ..see import gallery
-from . import COMMANDS, add_data_dir_flag, add_json_flag, positive_float, positive_int, print_json
+from . import COMMANDS, add_data_dir_flag, add_force_flag, add_json_flag, positive_float, positive_int, print_json
 
 
 def add_parser(sub) -> None:
@@ -26,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sigma", type=positive_float, default=1.0, help="standard deviation of the gaussian (default 1.0)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="draw the gallery into FILE (.png, .jpg, .svg or .pdf)")
+    add_force_flag(p)
     p.add_argument("--image", nargs="+", default=None, metavar="PATH",
                    help="images for the gallery rows (default: sample MNIST digits and, when scikit-image is "
                         "installed, its photographs camera, coins, astronaut)")
@@ -36,8 +38,6 @@ def add_parser(sub) -> None:
 
 def parse_kernels(texts: list, size, sigma) -> list[tuple[str, object]]:
     """Each KERNEL as (title, matrix): a name, a matrix, or TITLE=matrix."""
-
-
     out = []
     for i, text in enumerate(texts, 1):
         name = text.strip().lower()
@@ -69,27 +69,18 @@ def run(args) -> int:
             print(f"{title} ({k.shape[0]}x{k.shape[1]}):\n{matrix_text(k)}")
         return 0
 
-    errors, notes = [], []
-    if args.image:
-        pictures = []
-        for path in args.image:
-            try:
-                pictures.append(gallery.load_image(path))
-            except CnnlabError as e:
-                errors.append((path, str(e)))
-                print(f"cnnlab kernels: error: {e}", file=sys.stderr)
-    else:
-        pictures, notes = gallery.sample_pictures(args.data_dir)
-        for note in notes:
-            print(f"cnnlab kernels: note: {note}", file=sys.stderr)
-    extra = [(title, k) for title, k in chosen]
-    g = gallery.gallery(pictures, args.out, extra=extra, size=args.size, sigma=args.sigma, errors=errors)
+    g = cnnlab.gallery(args.out, args.image, extra=chosen, size=args.size, sigma=args.sigma, data_dir=args.data_dir,
+                       force=args.force, inputs=args.kernels)
+    for _, message in g.errors:
+        print(f"cnnlab kernels: error: {message}", file=sys.stderr)
+    for note in g.notes:
+        print(f"cnnlab kernels: note: {note}", file=sys.stderr)
     if args.json:
         print_json({"out": str(g.out), "columns": g.columns,
                     "rows": [{"name": p.name, "height": p.pixels.shape[0], "width": p.pixels.shape[1]} for p in g.rows],
-                    "errors": [{"path": p, "error": m} for p, m in g.errors], "notes": notes})
+                    "errors": [{"path": p, "error": m} for p, m in g.errors], "notes": g.notes})
     else:
         print(f"gallery of {len(g.rows)} image{'s' if len(g.rows) != 1 else ''} x {len(g.columns)} columns "
               f"({', '.join(g.columns)}) saved to {g.out}")
     # The gallery is drawn from the readable images, but a file the user named was skipped.
-    return 2 if errors else 0
+    return 2 if g.errors else 0

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
 
-from ..engine.models import get_spec, model_names
+import cnnlab
+
+from ..engine.config import MODELS
 from ..errors import CnnlabError
 from ..lecture import params
 from . import COMMANDS, add_json_flag, print_json
+from .output import console as stdout_console
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("params", help=COMMANDS["params"],
                        description="Without MODEL: one line per registered model. With MODEL: a per-layer "
-                                   "table (output shape, parameters, multiply-accumulates) with totals. "
+                                   "table (output shape, parameters, multiply-accumulates, receptive field, "
+                                   "jump, activation memory) with totals. "
                                    "--lecture: the lecture's parameter questions with the arithmetic shown.")
     p.add_argument("model", nargs="?", metavar="MODEL",
-                   help=f"one of: {', '.join(model_names())}; or {', '.join(params.REFERENCE)} (torchvision's, "
+                   help=f"one of: {', '.join(MODELS)}; or {', '.join(params.REFERENCE)} (torchvision's, "
                         "on its 224x224x3 ImageNet input; counted, not trainable)")
     p.add_argument("--input", default=None, metavar="CxHxW",
                    help="input size, channels x height x width (default: what MODEL was made for, 1x28x28 or "
@@ -30,7 +33,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    console = Console(width=max(Console().width, 120))  # keep tables unwrapped when piped
+    console = stdout_console()
     shape = params.parse_shape(args.input) if args.input else params.input_for(args.model)
     if args.lecture:
         if args.model:
@@ -38,7 +41,7 @@ def run(args) -> int:
         return _lecture(console, args.json)
 
     if not args.model:
-        rows = [params.summarize(name, shape) for name in model_names()]
+        rows = [cnnlab.summarize(name, shape) for name in MODELS]
         if args.json:
             print_json({"input_shape": list(shape), "models": [
                 {"model": s.model, "parameters": s.parameters, "macs": s.macs} for s in rows]})
@@ -47,25 +50,42 @@ def run(args) -> int:
         for col, just in (("model", "left"), ("parameters", "right"), ("MACs", "right"), ("description", "left")):
             t.add_column(col, justify=just)
         for s in rows:
-            t.add_row(s.model, f"{s.parameters:,}", f"{s.macs:,}", get_spec(s.model).description)
+            t.add_row(s.model, f"{s.parameters:,}", f"{s.macs:,}", MODELS[s.model].description)
         console.print(t)
         return 0
 
-    s = params.summarize(args.model, shape)
+    s = cnnlab.summarize(args.model, shape)
     if args.json:
         print_json(s.to_json())
         return 0
     t = Table(title=f"{s.model}, input {'x'.join(map(str, s.input_shape))}")
     for col, just in (("layer", "left"), ("type", "left"), ("output shape", "left"),
-                      ("parameters", "right"), ("MACs", "right")):
+                      ("parameters", "right"), ("MACs", "right"), ("RF", "right"), ("jump", "right"),
+                      ("memory", "right")):
         t.add_column(col, justify=just)
     for r in s.layers:
         t.add_row(r.name, f"{r.kind}({r.details})" if r.details else r.kind,
-                  "x".join(map(str, r.output_shape)), f"{r.parameters:,}", f"{r.macs:,}")
+                  "x".join(map(str, r.output_shape)), f"{r.parameters:,}", f"{r.macs:,}",
+                  _side(r.receptive_field, "all"), _side(r.jump, "-"), _kib(r.activation_bytes))
     t.add_section()
-    t.add_row("total", "", "", f"[bold]{s.parameters:,}[/]", f"[bold]{s.macs:,}[/]")
+    t.add_row("total", "", "", f"[bold]{s.parameters:,}[/]", f"[bold]{s.macs:,}[/]", "", "",
+              f"[bold]{_kib(s.activation_bytes)}[/]")
     console.print(t)
+    print("RF: the receptive field, input pixels one unit sees (all: every pixel, a layer without space); "
+          "jump: input pixels between neighbouring units (the product of the strides so far); "
+          "memory: the layer's output for one image in float32.")
     return 0
+
+
+def _side(hw: list | None, missing: str) -> str:
+    """[5, 5] -> '5', [3, 5] -> '3x5', None -> missing."""
+    if hw is None:
+        return missing
+    return str(hw[0]) if hw[0] == hw[1] else f"{hw[0]}x{hw[1]}"
+
+
+def _kib(n: int) -> str:
+    return f"{n:,} B" if n < 1024 else f"{n / 1024:,.1f} KiB"
 
 
 def _lecture(console, as_json: bool) -> int:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sys
 
-from rich.console import Console
+import numpy as np
 from rich.table import Table
+
+import cnnlab
 
 from ..lecture import pool
 from ..lecture.conv import matrix_text, parse_matrix
 from ..lecture.pool import LECTURE_INPUT
-from ..see import invariance
 from . import COMMANDS, add_data_dir_flag, add_json_flag, positive_int, print_json
+from .output import console
 
 
 def add_parser(sub) -> None:
@@ -37,6 +39,7 @@ def add_parser(sub) -> None:
                    help="test on the first N test images (default 1000)")
     g.add_argument("--max-shift", type=positive_int, default=4, help="largest shift in pixels (default 4)")
     g.add_argument("--out", default=None, metavar="FILE.png", help="the plot (default RUN_DIR/invariance.png)")
+    g.add_argument("--force", action="store_true", help="replace the plot file if it exists")
     add_data_dir_flag(g)
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -49,17 +52,11 @@ def run(args) -> int:
     x = parse_matrix(args.matrix, "matrix")
     stride = args.stride or args.size
     modes = ["max", "avg"] if args.mode == "both" else [args.mode]
-    results = {}
-    for mode in modes:
-        steps: list = []
-        out = pool.pool2d(x, args.size, stride, mode, steps)
-        results[mode] = (out, steps)
+    d = pool.pool_json(x, args.size, stride, modes)
     if args.json:
-        print_json({"input": x.tolist(), "size": args.size, "stride": stride, **{
-            mode: {"output": out.tolist(), "steps": [{"row": s.row, "col": s.col, "window": s.window.tolist(),
-                                                      "value": s.value} for s in steps]}
-            for mode, (out, steps) in results.items()}})
+        print_json(d)
         return 0
+    results = {mode: (np.array(d[mode]["output"]), d[mode]["steps"]) for mode in modes}
     h, w = x.shape
     print(f"input {h}x{w}:\n{matrix_text(x)}")
     oh, ow = next(iter(results.values()))[0].shape
@@ -68,17 +65,19 @@ def run(args) -> int:
     for mode, (out, steps) in results.items():
         print(f"{'max' if mode == 'max' else 'average'} pooling:")
         for n, s in enumerate(steps, 1):
-            vals = " ".join(matrix_text(s.window, "").split())
-            how = f"max({vals.replace(' ', ', ')})" if mode == "max" else f"({vals.replace(' ', ' + ')}) / {s.window.size}"
-            print(f"  step {n}: out[{s.row}][{s.col}] = {how} = {matrix_text(s.value, '')}")
+            window = np.array(s["window"])
+            vals = " ".join(matrix_text(window, "").split())
+            how = f"max({vals.replace(' ', ', ')})" if mode == "max" else f"({vals.replace(' ', ' + ')}) / {window.size}"
+            print(f"  step {n}: out[{s['row']}][{s['col']}] = {how} = {matrix_text(s['value'], '')}")
         print(f"{mode} pooled {oh}x{ow}:\n{matrix_text(out)}")
     return 0
 
 
 def _invariance(args) -> int:
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
-    r = invariance.measure(args.invariance, baseline_dir=args.baseline, out=args.out, limit=args.limit,
-                           max_shift=args.max_shift, limit_train=args.limit_train, data_dir=args.data_dir, log=log)
+    r = cnnlab.invariance(args.invariance, baseline_dir=args.baseline, out=args.out, limit=args.limit,
+                           max_shift=args.max_shift, limit_train=args.limit_train, data_dir=args.data_dir, log=log,
+                           force=args.force)
     rows, out = r["rows"], r["plot"]
     if args.json:
         print_json(r)
@@ -90,9 +89,10 @@ def _invariance(args) -> int:
     for row in rows:
         t.add_row(row["model"], str(row["shift"]), f"{row['prediction_changed']:.1%}", f"{row['accuracy']:.1%}",
                   f"{row['feature_change']:.3f}")
-    Console(width=100).print(t)
+    console().print(t)
     k = r["training"]
-    print(f"both trained alike: {k['dataset']}, {invariance.images_text(k['limit_train'])}, {k['epochs']} "
+    images = "all its training images" if k["limit_train"] is None else f"the first {k['limit_train']:,} training images"
+    print(f"both trained alike: {k['dataset']}, {images}, {k['epochs']} "
           f"epoch{'s' if k['epochs'] != 1 else ''}, batch {k['batch_size']}, {k['optimizer']} lr {k['lr']}")
     print("feature change = |features(shifted) - features(original)| / |features(original)|, averaged over images")
     print(f"plot saved to {out}")

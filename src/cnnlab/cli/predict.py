@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from ..runs.predict import load_classifier, predict_files
-from . import COMMANDS, add_json_flag, add_preprocess_flag, add_tta_flag, positive_int, print_json
+import cnnlab
+
+from . import COMMANDS, add_force_flag, add_json_flag, add_preprocess_flag, add_tta_flag, positive_int, print_json
 
 
 def add_parser(sub) -> None:
@@ -24,6 +25,7 @@ def add_parser(sub) -> None:
                    help="how many classes to print per image, most likely first (default 3)")
     p.add_argument("--save-preprocessed", metavar="DIR", default=None,
                    help="write the 28x28 image the model saw for each input to DIR as PNG")
+    add_force_flag(p, "PNG files already in the --save-preprocessed folder")
     add_preprocess_flag(p)
     add_tta_flag(p, "; run folders only")
     add_json_flag(p)
@@ -31,9 +33,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    clf = load_classifier(args.model, tta=args.tta, preprocess=args.preprocess)
-    results = predict_files(clf, args.inputs, top_k=min(args.top_k, len(clf.classes)),
-                            save_preprocessed=args.save_preprocessed)
+    clf = cnnlab.load_classifier(args.model, tta=args.tta, preprocess=args.preprocess)
+    results = cnnlab.predict_files(clf, args.inputs, top_k=min(args.top_k, len(clf.classes)),
+                                   save_preprocessed=args.save_preprocessed, force=args.force)
     failed = sum("error" in r for r in results)
     if args.json:
         print_json([{k: r[k] for k in ("file", "error")} if "error" in r else

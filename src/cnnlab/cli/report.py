@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..see.report import build
-from . import COMMANDS, print_json
+import cnnlab
+
+from . import COMMANDS, add_force_flag, print_json
 from .visualize import add_common
 
 
@@ -13,12 +14,14 @@ def add_parser(sub) -> None:
                                    "configuration, metrics table and every figure of 'cnnlab visualize'.")
     add_common(p)
     p.add_argument("--out", default=None, metavar="FILE", help="HTML file to write (default RUN_DIR/report.html)")
+    add_force_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    r = build(args.run_dir, args.out, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
-              mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json, preprocess=args.preprocess)
+    r = cnnlab.report(args.run_dir, args.out, force=args.force, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
+              mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json,
+              preprocess=args.preprocess)
     if args.json:
         print_json(r)
         return 0

@@ -109,10 +109,8 @@ def run_ensemble(args, given: dict, log) -> int:
             models = None if "model" in given else ensemble_models(args.recipe)
             r = cnnlab.train_ensemble(cnnlab.config(args.recipe, **given), args.ensemble, models=models,
                                       data_dir=args.data_dir, out=args.out, log=log, progress=not args.json)
-    except Interrupted as e:
-        folder = args.resume or (e.run_dir.parent if e.run_dir else None)
-        print(f"cnnlab train: {e}" + (f"; to finish the whole ensemble instead: cnnlab train --ensemble "
-                                      f"{args.ensemble} --resume {folder}" if folder else ""), file=sys.stderr)
+    except Interrupted as e:  # (its line says how to finish the ensemble)
+        print(f"cnnlab train: {e}", file=sys.stderr)
         return e.exit_code
     if args.json:
         print_json(r)

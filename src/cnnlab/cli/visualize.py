@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..see.visualize import render, write
-from . import COMMANDS, add_data_dir_flag, add_json_flag, add_preprocess_flag, positive_int, print_json
+import cnnlab
+
+from . import COMMANDS, add_data_dir_flag, add_force_flag, add_json_flag, add_preprocess_flag, positive_int, print_json
 
 
 def index_list(text: str) -> list[int]:
@@ -44,19 +45,25 @@ def add_parser(sub) -> None:
                                    "the most confident mistakes, saliency and Grad-CAM.")
     add_common(p)
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the PNG files (default RUN_DIR/figures)")
+    add_force_flag(p, "figure files already in the --out folder")
     p.set_defaults(func=run)
 
 
 def render_args(args):
-    return render(args.run_dir, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
-                  mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json,
-                  preprocess=args.preprocess)
+    return cnnlab.visualize(args.run_dir, index=args.index, image=args.image, explain=args.explain, limit=args.limit,
+                            mistakes=args.mistakes, data_dir=args.data_dir, progress=not args.json,
+                            preprocess=args.preprocess)
+
+
+def inputs(args) -> list:
+    """The files visualize and report read, which none of their outputs may replace."""
+    return [*cnnlab.run_files(args.run_dir), *([args.image] if args.image else [])]
 
 
 def run(args) -> int:
+    out = cnnlab.check_figures_out(Path(args.out) if args.out else Path(args.run_dir) / "figures", args.force, inputs(args))
     v = render_args(args)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "figures"
-    paths = write(v, out)
+    paths = cnnlab.write_figures(v, out, args.force, inputs(args))
     if args.json:
         print_json(v.to_json(paths))
         return 0

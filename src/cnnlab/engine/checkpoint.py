@@ -144,7 +144,7 @@ def read(path) -> tuple[dict, dict]:
         header = json.loads(raw[8:8 + header_len])
         metadata = header.get("__metadata__") or {}
         tensors = load_tensors(raw)
-    except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError) as e:
+    except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError, RecursionError) as e:
         detail = " ".join(str(e).split())[:120] or "unreadable header"
         raise RunError(f"{path} is truncated or corrupt ({detail}); {fix}") from None
     if metadata.get("format") != FORMAT:
@@ -154,4 +154,10 @@ def read(path) -> tuple[dict, dict]:
     if _digest(tensors, state_json) != metadata.get("sha256"):
         raise RunError(f"{path} fails its SHA-256 check: it was modified or damaged after it was "
                        f"written; {fix}")
-    return tensors, json.loads(state_json)
+    try:
+        state = json.loads(state_json)
+    except (ValueError, RecursionError):  # (a header nested 100,000 deep: RecursionError)
+        state = None
+    if not isinstance(state, dict):
+        raise RunError(f"{path} holds a state cnnlab did not write (not a JSON object); {fix}")
+    return tensors, state

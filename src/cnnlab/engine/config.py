@@ -2,7 +2,9 @@
 
 A setting's default, bounds, choices and help live in one field of TrainConfig; `validate()`
 checks them, and `cnnlab train` generates its flags from them (cli/train.py). Recipes are named
-sets of those settings, nothing else. This module imports no torch, so `cnnlab --help` is fast.
+sets of those settings, nothing else. This module imports no torch, so `cnnlab --help` is fast; for
+the same reason it also holds the few choices other commands' --help shows (compare's default
+models, export's formats and parity tolerance).
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ SCHEDULES = ["constant", "onecycle", "cosine", "step"]
 AUGMENTATIONS = ["none", "translate", "affine", "elastic"]
 PRECISIONS = ["auto", "fp32", "bf16"]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
+
+# `cnnlab compare` without --models: the lecture's line-up, from the FC net to AlexNet's pattern.
+COMPARE_MODELS = ["mlp", "simple_cnn", "lenet5", "alexnet_mini"]
+# `cnnlab export --format`: file suffix per format; the largest |logit difference| from PyTorch
+# an export may show on real test images before it is written.
+EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+EXPORT_TOLERANCE = 1e-4
 
 # Images per forward pass when evaluating. Measured in fp32 on 2 threads (2-core Zen 4): best_cnn
 # on 4,000 test images 1.9 s in chunks of 256 against 2.4 s in chunks of 2,048, whose activations
@@ -129,9 +138,10 @@ class TrainConfig:
     optimizer: str = setting("adam", "optimiser", choices=tuple(OPTIMIZERS))
     weight_decay: float = setting(0.0, "weight decay", low=0, high=10)
     schedule: str = setting("constant", "learning-rate schedule", choices=tuple(SCHEDULES))
-    seed: int = setting(0, "random seed; the same seed on a CPU gives identical runs", low=0, high=MAX_SEED)
+    seed: int = setting(0, "random seed; the same seed and thread count on a CPU give identical runs", low=0, high=MAX_SEED)
     device: str = setting("auto", "where to train", choices=tuple(DEVICES))
-    threads: int | None = setting(None, "CPU threads for PyTorch (default: PyTorch's choice)", low=1, high=1024)
+    threads: int | None = setting(None, "CPU threads for PyTorch (default: the cores idle when training starts, "
+                                        "at most PyTorch's choice; a resume keeps the run's count)", low=1, high=1024)
     limit_train: int | None = setting(None, "train on the first N images only", low=1, metavar="N")
     limit_test: int | None = setting(None, "evaluate on the first N test images only", low=1, metavar="N")
     recipe: str = setting("lecture", "the named set of settings this run started from", cli=False)
@@ -158,6 +168,9 @@ class TrainConfig:
     patience: int | None = setting(None, "early stopping: stop after this many epochs without a better validation "
                                          "accuracy and keep the best epoch's weights (needs --val-split)",
                                    low=1, metavar="EPOCHS")
+    snapshots: int = setting(1, "snapshots of the first-layer filters (with the test accuracy on the first 1,000 "
+                                "test images) per epoch, kept in the run's history.jsonl; the last is at the "
+                                "epoch's end", low=1, high=1000, metavar="N")
 
     def validate(self) -> "TrainConfig":
         """Check every setting against its definition; SettingError names the first one out of bounds."""

@@ -12,6 +12,7 @@ read once with PIL into the same uint8 split, so everything downstream is the sa
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 
 from ..errors import DataError
 from .config import FOLDER
+from .images import gray_image, open_image
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
@@ -130,6 +132,13 @@ def _load_split(info: DatasetInfo, raw_dir: Path, split: str) -> Split:
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"{img_file} should hold uint8 images [N, H, W], found {images.dtype} "
                         f"{list(images.shape)}")
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{img_file} holds {images.shape[1]}x{images.shape[2]} images; cnnlab's networks take "
+                        f"{IMAGE_SIZE}x{IMAGE_SIZE} MNIST-style images: resize them, or put them in class "
+                        f"folders for --dataset folder:PATH, which resizes")
+    if labels.dtype.kind not in "iu":  # a float label 3.7 is not class 3
+        raise DataError(f"{lbl_file} holds {labels.dtype} labels; labels must be whole class numbers "
+                        f"(IDX type 0x08, unsigned byte)")
     if labels.ndim == 2:  # QMNIST keeps extra metadata columns; the class is the first
         labels = labels[:, 0]
     if labels.ndim != 1:
@@ -227,7 +236,10 @@ def normalize(images_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 
 def _folder_roots(name: str) -> tuple[Path, Path | None]:
     """(train tree, test tree or None) of `folder:PATH`: PATH/train and PATH/test when both exist."""
-    path = Path(name[len(FOLDER):]).expanduser()
+    text = name[len(FOLDER):]
+    if not text.strip():  # Path("") is the current folder: never walk it by accident
+        raise DataError(f"--dataset {name}: the path is empty; give a folder, such as {FOLDER}my_images")
+    path = Path(text).expanduser()
     if not path.is_dir():
         raise DataError(f"--dataset {name}: {path} is not a folder; give a folder with one "
                         f"sub-folder of images per class (optionally inside train/ and test/)")
@@ -251,35 +263,78 @@ def folder_info(name: str) -> DatasetInfo:
 
 
 def resize_gray(im) -> np.ndarray:
-    """A PIL image of any size, grayscale or colour -> uint8 [28, 28] grayscale (antialiased resize).
+    """A PIL image of any size and mode -> uint8 [28, 28] grayscale (antialiased resize).
 
-    This is all the preprocessing a folder dataset gets, in training and in prediction alike.
+    This is all the preprocessing a folder dataset gets, in training and in prediction alike; the
+    grayscale conversion is engine/images.py's, the same as for every image cnnlab reads.
     """
     from PIL import Image
 
-    im = im.convert("L")
+    im = gray_image(im)
     if im.size != (IMAGE_SIZE, IMAGE_SIZE):
         im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
 
 
 def _read_image(path: str) -> np.ndarray:
-    from PIL import Image
+    return resize_gray(open_image(path))
 
-    with Image.open(path) as im:
-        return resize_gray(im)
+
+def image_files(root: Path, classes: list) -> tuple[list[tuple[str, int]], list[str]]:
+    """(path, class index) of every image under root/<class>/, sorted as torchvision's ImageFolder
+    sorts them, and "path: reason" for files left out.
+
+    Symbolic links to folders are followed, but each real folder is read once, and never the tree's
+    root or another class's folder: a link back up the tree (a loop) or across to another class is
+    not walked. A file reached twice (hard or symbolic links) is read once; FIFOs and devices are
+    never opened.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    def key(path) -> tuple:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+
+    seen_dirs = {key(root), *(key(root / c) for c in classes)}
+    seen_files, found, skipped = {}, [], []
+    for label, c in enumerate(classes):
+        walked = []
+        for top, dirnames, filenames in os.walk(root / c, followlinks=True):
+            if walked and key(top) in seen_dirs:
+                dirnames[:] = []  # walked already, or the root or a class folder: not (again) here
+                continue
+            seen_dirs.add(key(top))
+            dirnames.sort()  # the first path to a folder reached twice is always the same one
+            walked.append((top, sorted(f for f in filenames if f.lower().endswith(IMG_EXTENSIONS))))
+        found += [(os.path.join(top, f), label) for top, names in sorted(walked) for f in names]
+    samples = []
+    for path, label in found:
+        try:
+            st = os.stat(path)
+        except OSError as e:  # a dangling link
+            skipped.append(f"{path}: {e.strerror or e}")
+            continue
+        ident = (st.st_dev, st.st_ino)
+        if ident in seen_files:
+            skipped.append(f"{path}: the same file as {seen_files[ident]}, read once")
+        elif stat.S_ISREG(st.st_mode):
+            seen_files[ident] = path
+            samples.append((path, label))
+        else:
+            skipped.append(f"{path}: not a regular file")
+    return samples, skipped
 
 
 def _read_tree(root: Path, classes: list) -> Split:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
     class_to_idx = {c: i for i, c in enumerate(classes)}
     extra = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in class_to_idx)
     if extra:
         raise DataError(f"{root} has class folder(s) {', '.join(extra)} that the training folder "
                         f"lacks; both must have the same class sub-folders")
-    samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-    images, labels, skipped = [], [], []
+    samples, skipped = image_files(root, classes)
+    images, labels = [], []
     for path, label in samples:
         try:
             images.append(_read_image(path))

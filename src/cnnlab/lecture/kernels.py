@@ -34,10 +34,22 @@ GALLERY_COLUMNS = [("Prewitt X", "prewitt-x"), ("Prewitt Y", "prewitt-y"), ("Sob
                    ("Sharpening", "sharpen")]
 
 
+# The largest gaussian or box-blur: 51x51 covers a gaussian of sigma 8 (+-3 sigma), far wider than
+# the gallery's images (at most 256 pixels a side) need; 100001 asked for 80 GB.
+MAX_SIZE = 51
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_SIZE:
+        raise CnnlabError(f"--size must be at most {MAX_SIZE}, got {size}; a wider kernel blurs more than the "
+                          f"gallery's images (at most 256 pixels a side) can show")
+
+
 def gaussian(size: int = 5, sigma: float = 1.0) -> np.ndarray:
     """A size x size Gaussian, exp(-(x^2 + y^2) / (2 sigma^2)), normalised to sum to 1."""
     if size < 1 or size % 2 == 0:
         raise CnnlabError(f"--size for gaussian must be an odd whole number (3, 5, 7...), got {size}")
+    _check_size(size)
     if not sigma > 0:
         raise CnnlabError(f"--sigma must be greater than 0, got {sigma}")
     r = np.arange(size) - size // 2
@@ -49,6 +61,7 @@ def box_blur(size: int = 3) -> np.ndarray:
     """The plain average of a size x size neighbourhood."""
     if size < 1:
         raise CnnlabError(f"--size must be at least 1, got {size}")
+    _check_size(size)
     return np.full((size, size), 1.0 / (size * size))
 
 

@@ -1,20 +1,14 @@
-"""Parameter and multiply-accumulate arithmetic: what a network costs, layer by layer.
+"""The lecture's parameter arithmetic: what a fully connected net and the lecture's CNN cost.
 
-Counts come from the real modules (a forward pass with hooks records each layer's output shape),
-so a table always agrees with `sum(p.numel() for p in model.parameters())`.
-A multiply-accumulate (MAC) is one `a * b + c`; only convolutions and linear layers do them
-(activations, pooling and dropout are counted as 0). Bias additions are not MACs.
+Plain arithmetic, the way the lecture does it on the board: a linear layer has n_in x n_out
+weights and n_out biases; a convolution has filters x (channels x kh x kw) weights and one bias
+per filter, whatever the image size. No PyTorch is needed, so `cnnlab params --lecture` starts at
+once. The tests check every number here against the real modules (engine/summary.py counts
+any network layer by layer, `cnnlab params MODEL`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from importlib import import_module
-
-import torch
-from torch import nn
-
-from ..engine.models import SimpleCNN, build_model, get_spec
 from ..errors import CnnlabError
 
 # Networks the lessons count but cnnlab does not train, built by the library that has them:
@@ -31,86 +25,6 @@ def input_for(name: str) -> tuple[int, int, int]:
     return REFERENCE[name][2] if name in REFERENCE else (1, 28, 28)
 
 
-def _build(name: str, input_shape, num_classes: int) -> nn.Module:
-    """A network by name on the meta device: nothing is allocated or computed, only shapes flow."""
-    if name in REFERENCE:
-        module, constructor, _, _ = REFERENCE[name]
-        with torch.device("meta"):
-            return getattr(import_module(module), constructor)()  # its own classes (1,000 for ImageNet)
-    get_spec(name)  # unknown name -> clear error
-    with torch.device("meta"):
-        return build_model(name, num_classes=num_classes, in_channels=input_shape[0])
-
-
-@dataclass
-class LayerRow:
-    name: str            # qualified module name, e.g. features.0
-    kind: str            # module class, e.g. Conv2d
-    details: str         # the module's settings, e.g. 1, 16, kernel_size=(3, 3)
-    output_shape: list   # without the batch dimension
-    parameters: int
-    macs: int
-
-
-@dataclass
-class Summary:
-    model: str
-    input_shape: list
-    layers: list = field(default_factory=list)
-    parameters: int = 0
-    macs: int = 0
-
-    def to_json(self) -> dict:
-        return {"model": self.model, "input_shape": self.input_shape, "parameters": self.parameters,
-                "macs": self.macs, "layers": [asdict(r) for r in self.layers]}
-
-
-def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
-    """MACs one input image costs in this layer: each output value is one dot product."""
-    per_image = output[0].numel()
-    if isinstance(module, nn.modules.conv._ConvNd):
-        k = 1
-        for s in module.kernel_size:
-            k *= s
-        return per_image * (module.in_channels // module.groups) * k
-    if isinstance(module, nn.Linear):
-        return per_image * module.in_features
-    return 0
-
-
-def _pair(v) -> str:
-    v = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    return f"{v[0]}" if v[0] == v[1] else f"{v[0]}x{v[1]}"
-
-
-def describe(module: nn.Module) -> str:
-    """A short description of a layer's settings: '1->16, 3x3, pad 1' rather than its full repr."""
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        text = f"{module.in_channels}->{module.out_channels}, {kh}x{kw}"
-        for label, value, default in (("stride", module.stride, 1), ("pad", module.padding, 0),
-                                      ("dilation", module.dilation, 1)):
-            if value not in (default, (default, default)):
-                text += f", {label} {_pair(value)}"
-        return text
-    if isinstance(module, nn.Linear):
-        return f"{module.in_features}->{module.out_features}"
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-        k = _pair(module.kernel_size)
-        text = f"{k}x{k}" if "x" not in k else k
-        text += f", stride {_pair(module.stride)}"
-        if module.padding not in (0, (0, 0)):
-            text += f", pad {_pair(module.padding)}"
-        return text
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return f"{module.num_features}"
-    if isinstance(module, nn.Dropout):
-        return f"p={module.p}"
-    if isinstance(module, (nn.Flatten, nn.ReLU, nn.Tanh)):
-        return ""
-    return " ".join(module.extra_repr().split())
-
-
 def parse_shape(text: str) -> tuple[int, int, int]:
     """'1x28x28' -> (1, 28, 28)."""
     parts = text.lower().replace("*", "x").split("x")
@@ -123,53 +37,6 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return shape
 
 
-def summarize(model: nn.Module | str, input_shape=(1, 28, 28), num_classes: int = 10) -> Summary:
-    """Per-layer output shape, parameters and MACs for one input of shape (C, H, W)."""
-    input_shape = tuple(int(s) for s in input_shape)
-    name = model if isinstance(model, str) else type(model).__name__
-    if isinstance(model, str):
-        model = _build(name, input_shape, num_classes)
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-
-    rows: list[LayerRow] = []
-    hooks = []
-    for qual, module in model.named_modules():
-        if any(True for _ in module.children()):
-            continue  # containers: their leaves report
-
-        def hook(module, inputs, output, qual=qual):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            own = sum(p.numel() for p in module.parameters(recurse=False))
-            # A module called twice is listed twice but its parameters are counted once.
-            seen = any(r.name == qual for r in rows)
-            rows.append(LayerRow(qual, type(module).__name__, describe(module),
-                                 list(out.shape[1:]), 0 if seen else own, layer_macs(module, out)))
-        hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device))
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:200]
-        size = "x".join(map(str, input_shape))
-        raise CnnlabError(f"model '{name}' does not accept input {size} ({detail}); "
-                          f"try --input {'x'.join(map(str, input_for(name)))}, the size it was built for") from None
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-
-    total = sum(p.numel() for p in model.parameters())
-    listed = sum(r.parameters for r in rows)
-    if total != listed:  # parameters held directly by a container, outside any leaf layer
-        rows.append(LayerRow("(other)", "", "parameters outside leaf layers", [], total - listed, 0))
-    return Summary(name, list(input_shape), rows, total, sum(r.macs for r in rows))
-
-
-# --- The lecture's questions ---------------------------------------------------------------------
-
 def _linear_step(n_in: int, n_out: int) -> dict:
     weights, biases = n_in * n_out, n_out
     return {"layer": f"Linear({n_in:,}, {n_out:,})", "weights": weights, "biases": biases,
@@ -180,20 +47,30 @@ def _linear_step(n_in: int, n_out: int) -> dict:
 def _fc_net(sizes: list[int]) -> dict:
     steps = [_linear_step(a, b) for a, b in zip(sizes, sizes[1:])]
     total = sum(s["parameters"] for s in steps)
-    # Check the arithmetic against real modules, built on the meta device (no memory used).
-    with torch.device("meta"):
-        real = sum(p.numel() for a, b in zip(sizes, sizes[1:]) for p in nn.Linear(a, b).parameters())
-    assert real == total, (real, total)
     return {"sizes": sizes, "layers": steps, "parameters": total,
             "arithmetic": " + ".join(f"{s['parameters']:,}" for s in steps) + f" = {total:,}"}
 
 
-def simple_cnn_at(side: int) -> nn.Module:
-    """simple_cnn for side x side inputs: same layers, the first linear layer widened to fit."""
-    with torch.device("meta"):
-        model = SimpleCNN()
-        model.classifier[1] = nn.Linear(32 * (side // 4) ** 2, 128)
-    return model
+def _conv(name: str, c_in: int, c_out: int, k: int, side: int) -> dict:
+    """A k x k convolution with padding k // 2 (the output keeps the input's side x side size)."""
+    weights, total = c_out * c_in * k * k, c_out * c_in * k * k + c_out
+    return {"layer": f"{name} Conv2d({c_in}->{c_out}, {k}x{k}, pad {k // 2})", "parameters": total,
+            "macs": side * side * weights,  # one dot product of c_in x k x k per output value
+            "arithmetic": f"{c_out:,} filters x ({c_in:,} x {k} x {k}) weights + {c_out:,} biases = {total:,}"}
+
+
+def _linear(name: str, n_in: int, n_out: int) -> dict:
+    total = n_in * n_out + n_out
+    return {"layer": f"{name} Linear({n_in}->{n_out})", "parameters": total, "macs": n_in * n_out,
+            "arithmetic": f"{n_in:,} x {n_out:,} weights + {n_out:,} biases = {total:,}"}
+
+
+def simple_cnn_layers(side: int = 28, classes: int = 10) -> list[dict]:
+    """The layers with parameters of the lecture's CNN (engine/models.py SimpleCNN) on a
+    side x side grayscale image: conv 16 (3x3, pad 1), 2x2 max pool, conv 32, 2x2 max pool, flatten,
+    fc 128, fc `classes`. Each pool halves the side, so the flattened map is 32 x (side // 4)^2."""
+    return [_conv("features.0", 1, 16, 3, side), _conv("features.3", 16, 32, 3, side // 2),
+            _linear("classifier.1", 32 * (side // 4) ** 2, 128), _linear("classifier.3", 128, classes)]
 
 
 RESOLUTIONS = [28, 56, 112, 224]
@@ -204,40 +81,25 @@ def resolution_table(sides=RESOLUTIONS) -> list[dict]:
     rows = []
     for side in sides:
         fc = _fc_net([side * side, 512, 512, 10])
-        cnn = summarize(simple_cnn_at(side), (1, side, side))
-        conv_params = sum(r.parameters for r in cnn.layers if r.kind == "Conv2d")
+        cnn = simple_cnn_layers(side)
         rows.append({"side": side, "inputs": side * side,
                      "fc_parameters": fc["parameters"], "fc_first_layer": fc["layers"][0]["parameters"],
-                     "cnn_conv_parameters": conv_params, "cnn_parameters": cnn.parameters,
-                     "cnn_macs": cnn.macs})
+                     "cnn_conv_parameters": sum(s["parameters"] for s in cnn if "Conv2d" in s["layer"]),
+                     "cnn_parameters": sum(s["parameters"] for s in cnn),
+                     "cnn_macs": sum(s["macs"] for s in cnn)})
     return rows
-
-
-def param_arithmetic(module: nn.Module) -> str:
-    """How a layer's parameter count comes about, e.g. '16 x (1 x 3 x 3) weights + 16 biases = 160'."""
-    total = sum(p.numel() for p in module.parameters())
-    bias = f" + {module.bias.numel():,} biases" if getattr(module, "bias", None) is not None else ""
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        return (f"{module.out_channels:,} filters x ({module.in_channels // module.groups:,} x {kh} x {kw}) "
-                f"weights{bias} = {total:,}")
-    if isinstance(module, nn.Linear):
-        return f"{module.in_features:,} x {module.out_features:,} weights{bias} = {total:,}"
-    return f"{total:,}"
 
 
 def lecture() -> dict:
     """The lecture's parameter questions, each answered with its arithmetic."""
-    cnn = summarize("simple_cnn")
-    with torch.device("meta"):
-        modules = dict(build_model("simple_cnn").named_modules())
-    cnn_steps = [{"layer": f"{r.name} {r.kind}({r.details})", "parameters": r.parameters,
-                  "arithmetic": param_arithmetic(modules[r.name])} for r in cnn.layers if r.parameters]
+    layers = simple_cnn_layers()
+    total = sum(s["parameters"] for s in layers)
     return {
         "single_layer": _linear_step(28 * 28, 512),
         "mnist_fc": _fc_net([28 * 28, 512, 512, 10]),
         "imagenet_fc": _fc_net([224 * 224 * 3, 512, 512, 1000]),
-        "simple_cnn": {"layers": cnn_steps, "parameters": cnn.parameters, "macs": cnn.macs,
-                       "arithmetic": " + ".join(f"{s['parameters']:,}" for s in cnn_steps) + f" = {cnn.parameters:,}"},
+        "simple_cnn": {"layers": [{k: s[k] for k in ("layer", "parameters", "arithmetic")} for s in layers],
+                       "parameters": total, "macs": sum(s["macs"] for s in layers),
+                       "arithmetic": " + ".join(f"{s['parameters']:,}" for s in layers) + f" = {total:,}"},
         "by_resolution": resolution_table(),
     }

@@ -65,3 +65,20 @@ def pool2d(x, size=2, stride=None, mode: str = "max", steps: list | None = None)
             if steps is not None:
                 steps.append(PoolStep(i, j, top, left, window.copy(), float(value)))
     return out
+
+
+def pool_json(x, size=2, stride=None, modes=MODES) -> dict:
+    """Everything `cnnlab pool --json` prints (the web page's pooling animation shows the same)."""
+    x = np.asarray(x, dtype=np.float64)
+    stride = stride or size
+    out = {"input": x.tolist(), "size": size, "stride": stride, "output_size": {}}
+    for mode in modes:
+        steps: list = []
+        result = pool2d(x, size, stride, mode, steps)
+        out[mode] = {"output": result.tolist(),
+                     "steps": [{"row": s.row, "col": s.col, "top": s.top, "left": s.left,
+                                "window": s.window.tolist(), "value": s.value} for s in steps]}
+        out["output_size"] = {"height": result.shape[0], "width": result.shape[1], "formula": {
+            axis: f"floor(({n} - {size}) / {stride}) + 1 = {m}"
+            for axis, n, m in (("height", x.shape[0], result.shape[0]), ("width", x.shape[1], result.shape[1]))}}
+    return out

@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import Callable
 
 from ..engine import data as data_mod
-from ..engine.config import TrainConfig
+from ..engine.config import COMPARE_MODELS, TrainConfig
 from ..engine.models import get_spec
 from ..engine.processes import resolve_device
+from ..engine.summary import summarize
 from ..engine.train import checked, train
 from ..errors import CnnlabError
-from ..files import atomic_write
-from ..lecture.params import summarize
+from ..files import new_dir, write_output
 from .folder import test_split
 from .inference import accuracy
 
-DEFAULT_MODELS = ["mlp", "simple_cnn", "lenet5", "alexnet_mini"]
 COLUMNS = ["model", "parameters", "macs", "train_seconds", "train_accuracy", "test_accuracy", "gap"]
 
 
@@ -42,7 +41,7 @@ class Row:
     run_dir: str | None
 
 
-def compare(models: list[str] = DEFAULT_MODELS, config: TrainConfig | None = None, *, data_dir=None,
+def compare(models: list[str] = COMPARE_MODELS, config: TrainConfig | None = None, *, data_dir=None,
             out=None, log: Callable[[str], None] | None = print, **overrides) -> list[Row]:
     """Train each model with the same TrainConfig (model swapped) and measure it.
 
@@ -57,9 +56,7 @@ def compare(models: list[str] = DEFAULT_MODELS, config: TrainConfig | None = Non
     base = checked(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}))
     out = Path(out) if out is not None else None
     if out is not None:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise CnnlabError(f"--out {out} already exists and is not empty; choose a new folder")
-        out.mkdir(parents=True, exist_ok=True)
+        new_dir(out)  # a new or empty folder: the runs and tables go inside
     log = log or (lambda s: None)
     info = data_mod.dataset_info(base.dataset)
     train_split = data_mod.load(base.dataset, "train", data_dir, test_split=base.test_split).subset(base.limit_train)
@@ -76,8 +73,8 @@ def compare(models: list[str] = DEFAULT_MODELS, config: TrainConfig | None = Non
                         round(sum(e.seconds for e in result.epochs), 3), train_acc, test_acc,
                         train_acc - test_acc, str(result.run_dir) if result.run_dir else None))
     if out is not None:
-        atomic_write(out / "compare.csv", to_csv(rows))
-        atomic_write(out / "compare.md", to_markdown(rows, base))
+        write_output(out / "compare.csv", to_csv(rows))
+        write_output(out / "compare.md", to_markdown(rows, base))
     return rows
 
 
@@ -101,7 +98,3 @@ def to_markdown(rows: list[Row], cfg: TrainConfig) -> str:
         lines.append(f"| {r.model} | {r.parameters:,} | {r.macs:,} | {r.train_seconds:.1f} | "
                      f"{r.train_accuracy:.2%} | {r.test_accuracy:.2%} | {r.gap * 100:+.2f} pts |")
     return "\n".join(lines) + "\n"
-
-
-def default_out() -> Path:
-    return Path("runs") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"

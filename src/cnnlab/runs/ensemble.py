@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -16,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.config import RESUME_MAY_CHANGE, TrainConfig, resume_flags
+from ..engine.processes import StopRequest
 from ..engine.train import checked, train
-from ..errors import CnnlabError, RunError
-from ..files import atomic_write, write_json
+from ..errors import CnnlabError, Interrupted, RunError
+from ..files import atomic_write, check_new_dir, make_dir, write_json
 from . import folder
 from .folder import CONFIG, ENSEMBLE, MEMBER, METRICS, WEIGHTS, ensemble_config, member_dirs, read_config, test_split
 from .inference import SHIFTS, TTA, EveryView, fraction_correct, log_mean_softmax
@@ -73,42 +75,44 @@ def train_ensemble(config, n: int, *, models=None, data_dir=None, out=None, resu
     makes fewer (recipes.ENSEMBLE_MODELS has the measurements).
 
     resume=DIR finishes an interrupted `train --ensemble` in DIR: finished members are kept, an
-    interrupted one resumes from its checkpoint, missing ones are trained with member-1's saved
-    settings and the models saved in PLAN. overrides (device, threads only) apply to what is trained now.
+    interrupted one resumes from its checkpoint (or starts again if it had none), missing ones are
+    trained with the settings and models saved in PLAN. overrides (epochs, device, threads only) apply
+    to what is trained now.
     """
     log = log or (lambda s: None)
     if n < 2:
         raise CnnlabError(f"--ensemble needs at least 2 members, got {n}; leave it out to train one model")
-    if resume is not None:
-        root, config, models = _unfinished(Path(resume), overrides)
-    else:
-        config = checked(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}))
-        models = list(models or [config.model])
-        for name in models:
-            checked(replace(config, model=name))  # an unknown model fails before anything is written
-        root = folder.new_run_dir(f"{ENSEMBLE}-{config.model}", out)
-        # Read by --resume: which network each missing member must be.
-        write_json(root / PLAN, {"models": models})
-    names, seconds = [], []
-    for k in range(1, n + 1):
-        names.append(MEMBER.format(k))
-        member, seed, model = root / names[-1], config.seed + k - 1, models[(k - 1) % len(models)]
-        if (member / WEIGHTS).is_file():  # weights are written when a run finishes
-            log(f"ensemble member {k}/{n} ({model}, seed {seed}): finished before, kept")
-            seconds.append(None)
-            continue
-        log(f"ensemble member {k}/{n} ({model}, seed {seed})")
-        if member.exists():
-            result = train(data_dir=data_dir, resume=member, progress=progress, log=log, **overrides)
-        else:
-            result = train(replace(config, seed=seed, model=model), data_dir=data_dir, out=member,
-                           progress=progress, log=log)
-        seconds.append(result.train_seconds)
-    # Written last: a folder without it is an ensemble whose training did not finish.
-    configs = [read_config(root / m) for m in names]
-    write_json(root / CONFIG, ensemble_config(names, configs))
-    log(f"evaluating each member, the ensemble and the ensemble with TTA ({len(SHIFTS)} views per image)")
-    report = evaluate_ensemble(root, data_dir=data_dir, limit=config.limit_test, record=True)
+    root = None
+    with ExitStack() as held, StopRequest() as stop:
+        try:
+            if resume is not None:
+                root, config, models = _unfinished(Path(resume), overrides)
+                held.enter_context(folder.claim(root, log))  # the whole ensemble's one writer
+            else:
+                root, config, models = _begin(config, models, out, overrides, held, log)
+            names, seconds = [], []
+            for k in range(1, n + 1):
+                _stop_if_asked(stop, f"before member {k} of {n} began; the finished members are kept", n, root)
+                names.append(MEMBER.format(k))
+                try:
+                    seconds.append(_member(root / names[-1], k, n, replace(config, seed=config.seed + k - 1,
+                                                                            model=models[(k - 1) % len(models)]),
+                                           data_dir, progress, log, overrides))
+                except Interrupted as e:  # the member's own line, then how to go on with the whole ensemble
+                    raise Interrupted(f"{e}; to finish the ensemble: cnnlab train --ensemble {n} --resume {root}",
+                                      e.exit_code, root) from None
+            _stop_if_asked(stop, "after its last member; every member is saved", n, root)
+            # Written last: a folder without it is an ensemble whose training did not finish.
+            configs = [read_config(root / m) for m in names]
+            write_json(root / CONFIG, ensemble_config(names, configs))
+            log(f"evaluating each member, the ensemble and the ensemble with TTA ({len(SHIFTS)} views per image)")
+            report = evaluate_ensemble(root, data_dir=data_dir, limit=config.limit_test, record=True)
+            _stop_if_asked(stop, f"as the ensemble ended; {root} is complete (nothing to resume)", n, None)
+        except KeyboardInterrupt:  # the same signal twice, between members: stopped at once
+            how = (f". Resume with: cnnlab train --ensemble {n} --resume {root}"
+                   if root and not (root / CONFIG).is_file() else "")
+            raise Interrupted(f"stopped at once by a second {stop.name}; the finished members are kept{how}",
+                              stop.exit_code) from None
     for member, member_config, s in zip(report["members"], configs, seconds):
         member["seed"] = member_config.get("seed")
         member["model"] = member_config.get("model")
@@ -117,36 +121,82 @@ def train_ensemble(config, n: int, *, models=None, data_dir=None, out=None, resu
     return report
 
 
+def _begin(config, models, out, overrides: dict, held: ExitStack, log):
+    """Create and claim a new ensemble folder: (folder, member settings, models)."""
+    config = checked(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}))
+    models = list(models or [config.model])
+    for name in models:
+        checked(replace(config, model=name))  # an unknown model fails before anything is written
+    root = held.enter_context(folder.new_run_dir(f"{ENSEMBLE}-{config.model}", out, log))
+    # Read by --resume: the settings and which network each missing member must be.
+    write_json(root / PLAN, {"models": models, "recipe": asdict(config)})
+    return root, config, models
+
+
+def _member(member: Path, k: int, n: int, config: TrainConfig, data_dir, progress, log, overrides) -> float | None:
+    """Train (or finish, or keep) member k; its training seconds, None when it had finished before."""
+    if (member / WEIGHTS).is_file():  # weights are written when a run finishes
+        log(f"ensemble member {k}/{n} ({config.model}, seed {config.seed}): finished before, kept")
+        return None
+    log(f"ensemble member {k}/{n} ({config.model}, seed {config.seed})")
+    if (member / CONFIG).is_file():  # begun: resume (from its checkpoint, or from the start if it has none)
+        return train(data_dir=data_dir, resume=member, progress=progress, log=log, **overrides).train_seconds
+    # Not begun, or killed as its folder was made (that folder holds at most a stale lock).
+    return train(config, data_dir=data_dir, out=member, progress=progress, log=log).train_seconds
+
+
+def _stop_if_asked(stop: StopRequest, what: str, n: int, root: Path | None) -> None:
+    """A signal between members (or while the ensemble is evaluated): leave with what is saved."""
+    if stop.signum is None:
+        return
+    how = f". Resume with: cnnlab train --ensemble {n} --resume {root}" if root else ""
+    raise Interrupted(f"stopped by {stop.name} {what}{how}", stop.exit_code)
+
+
 def _unfinished(root: Path, overrides: dict):
     """(folder, member settings, models) of an interrupted `train --ensemble`, or one line saying why not."""
     if (root / CONFIG).is_file():
         raise CnnlabError(f"{root} is a finished run or ensemble; nothing to resume")
-    first = root / MEMBER.format(1)
-    if not (first / CONFIG).is_file():
-        raise RunError(f"{root} holds no {first.name}/{CONFIG}; pass the folder an interrupted "
-                       f"'cnnlab train --ensemble N' was writing")
     fixed = sorted(set(overrides) - set(RESUME_MAY_CHANGE))
     if fixed:
-        raise CnnlabError(f"--resume continues the ensemble with member-1's saved settings; drop "
+        raise CnnlabError(f"--resume continues the ensemble with its saved settings; drop "
                           f"{', '.join('--' + k.replace('_', '-') for k in fixed)} (only {resume_flags()} may change)")
-    saved = read_config(first).get("recipe") or {}
+    plan, first = _read_plan(root), root / MEMBER.format(1)
+    if plan and "recipe" in plan:
+        saved, source = plan["recipe"], root / PLAN
+    elif (first / CONFIG).is_file():  # (plans written before they held the settings)
+        saved, source = read_config(first).get("recipe") or {}, first / CONFIG
+    elif plan is not None or (root / folder.LOCK).is_file() or (root.is_dir() and not any(root.iterdir())):
+        raise RunError(f"{root} was stopped before its first member began, so nothing was trained; start it "
+                       f"again with 'cnnlab train --ensemble N --out {root}' and its settings")
+    else:
+        raise RunError(f"{root} holds no {first.name}/{CONFIG}; pass the folder an interrupted "
+                       f"'cnnlab train --ensemble N' was writing")
     try:
         config = checked(TrainConfig(**{**saved, **overrides}))
     except TypeError:
-        raise RunError(f"{first / CONFIG} was written by another cnnlab version; "
-                       f"it cannot be resumed by this one") from None
-    models = [config.model]  # without a plan (deleted because it was corrupt): member-1's model for all
-    if (root / PLAN).is_file():
-        try:
-            models = json.loads((root / PLAN).read_text()).get("models")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            models = None
-        if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)):
-            raise RunError(f"{root / PLAN} is corrupt; delete it to train every missing member as "
-                           f"{config.model}")
-        for name in models:
-            checked(replace(config, model=name))
+        raise RunError(f"{source} was written by another cnnlab version; it cannot be resumed by this one") from None
+    if plan is False:
+        raise RunError(f"{root / PLAN} is corrupt; delete it to train every missing member as {config.model}")
+    models = plan["models"] if plan else [config.model]  # no plan (deleted): member-1's model for all
+    for name in models:
+        checked(replace(config, model=name))
     return root, config, models
+
+
+def _read_plan(root: Path) -> dict | None | bool:
+    """PLAN's {"models": [...], "recipe": {...}}; None when there is none, False when it is corrupt."""
+    if not (root / PLAN).is_file():
+        return None
+    try:
+        plan = json.loads((root / PLAN).read_text())
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+        return False
+    models = plan.get("models") if isinstance(plan, dict) else None
+    if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)) \
+            or not isinstance(plan.get("recipe", {}), dict):
+        return False
+    return plan
 
 
 def assemble(run_dirs, out) -> Path:
@@ -167,13 +217,10 @@ def assemble(run_dirs, out) -> Path:
     names = [MEMBER.format(k) for k in range(1, len(sources) + 1)]
     config = ensemble_config(names, configs, labels=[str(d) for d in sources],
                              sources=[str(d.resolve()) for d in sources])
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RunError(f"--out {out} already exists and is not empty; choose a new folder "
-                       f"(cnnlab never overwrites a run)")
+    out = check_new_dir(out)
     created = not out.exists()
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dir(out)
         for src, name in zip(sources, names):
             (out / name).mkdir()
             for f in (WEIGHTS, CONFIG, METRICS):

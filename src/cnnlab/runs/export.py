@@ -21,12 +21,11 @@ import onnxruntime as ort
 import torch
 
 from ..engine import data as data_mod
+from ..engine.config import EXPORT_FORMATS, EXPORT_TOLERANCE
 from ..errors import CnnlabError
-from ..files import atomic_write
-from .folder import TrainedModel, load, test_split
+from ..files import check_output, write_output
+from .folder import TrainedModel, load, run_files, test_split
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
-TOLERANCE = 1e-4
 OPSET = 17
 
 
@@ -54,16 +53,20 @@ def _test_batch(trained: TrainedModel, n: int = 64) -> tuple[torch.Tensor, str]:
         return torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g), f"{n} random images"
 
 
-def export(run_dir: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None) -> dict:
-    """Write the exported model and return {path, format, batch, max_abs_diff, ...}."""
-    if fmt not in FORMATS:
-        raise CnnlabError(f"unknown format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+def export(run_dir: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
+           force: bool = False) -> dict:
+    """Write the exported model and return {path, format, batch, max_abs_diff, ...}.
+
+    An existing file at `out` is replaced only with force, and never when it is one of the run's own
+    files (its weights, checkpoint, config or metrics).
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise CnnlabError(f"unknown format '{fmt}'; choose one of: {', '.join(EXPORT_FORMATS)}")
     trained = load(run_dir)
-    path = Path(out) if out else Path(run_dir) / f"model{FORMATS[fmt]}"
+    path = Path(out) if out else Path(run_dir) / f"model{EXPORT_FORMATS[fmt]}"
     if path.is_dir():
-        raise CnnlabError(f"--out {path} is a folder; give a file name such as {path / ('model' + FORMATS[fmt])}")
-    if not path.parent.is_dir():
-        raise CnnlabError(f"folder {path.parent} does not exist; create it or choose another --out")
+        raise CnnlabError(f"--out {path} is a folder; give a file name such as {path / ('model' + EXPORT_FORMATS[fmt])}")
+    check_output(path, force=force, inputs=run_files(run_dir))  # before the (slower) export itself
     model = trained.model.cpu().eval()
     meta = metadata(trained)
     images, described = _test_batch(trained)
@@ -74,13 +77,13 @@ def export(run_dir: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike
     blob = _onnx_bytes(model, meta) if fmt == "onnx" else _torchscript_bytes(model, meta)
     got = _run_onnx(blob, x.numpy()) if fmt == "onnx" else _run_torchscript(blob, x)
     diff = float(np.abs(got - expected).max())
-    if not diff <= TOLERANCE:
-        raise CnnlabError(f"the exported {fmt} model disagrees with PyTorch by {diff:.2e} (over {TOLERANCE:g}) "
+    if not diff <= EXPORT_TOLERANCE:
+        raise CnnlabError(f"the exported {fmt} model disagrees with PyTorch by {diff:.2e} (over {EXPORT_TOLERANCE:g}) "
                           f"on {described}; nothing was written")
     # Written only after the parity check passed: a file at `path` is always a good export.
-    atomic_write(path, blob)
+    write_output(path, blob, force=force, inputs=run_files(run_dir))
     return {"path": str(path), "format": fmt, "bytes": len(blob), "checked_on": described,
-            "batch_sizes_checked": [len(x), 1], "max_abs_diff": diff, "tolerance": TOLERANCE,
+            "batch_sizes_checked": [len(x), 1], "max_abs_diff": diff, "tolerance": EXPORT_TOLERANCE,
             "metadata": meta}
 
 
@@ -112,7 +115,7 @@ def _run_onnx(blob: bytes, x: np.ndarray) -> np.ndarray:
 
 
 def _check_single(full: np.ndarray, single: np.ndarray) -> np.ndarray:
-    if single.shape[0] != 1 or float(np.abs(single - full[:1]).max()) > TOLERANCE:
+    if single.shape[0] != 1 or float(np.abs(single - full[:1]).max()) > EXPORT_TOLERANCE:
         raise CnnlabError("the exported model gives different logits for a batch of 1; export failed")
     return full
 

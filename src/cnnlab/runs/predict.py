@@ -30,107 +30,33 @@ import io
 import json
 import os
 import threading
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter
 from scipy import ndimage
 
 from ..engine import data as data_mod
-from ..errors import CnnlabError
-from ..files import atomic_write
-from .folder import load
+from ..engine.images import WORK_SIDE, ImageError, gray_image, open_image
+from ..errors import CnnlabError, RunError
+from ..files import atomic_write, check_outputs, make_dir
+from .folder import check_preprocessing, load
 
-# Bigger than any phone photo (a 48-megapixel camera is 8000x6000); larger files are refused
-# before their pixels are decoded, so a small "decompression bomb" cannot exhaust memory.
-MAX_PIXELS = 64_000_000
-MAX_FILE_BYTES = 256 * 2**20  # no image within MAX_PIXELS needs more; bigger files are not read
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 WORK_SIZE = 512   # images are shrunk to at most this many pixels per side before cleaning up
 DIGIT_BOX = 20    # MNIST: the digit fits a 20x20 box ...
 FRAME = data_mod.IMAGE_SIZE  # ... inside a 28x28 frame
 
 
-class ImageError(CnnlabError):
-    """One input image cannot be used. kind: unreadable, empty, not_image, corrupt, too_large, blank."""
-
-    def __init__(self, message: str, kind: str = "corrupt"):
-        super().__init__(message)
-        self.kind = kind
-
-
 # --- reading ------------------------------------------------------------------------------------
-
-def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
-    """Open and fully decode an image from a path or bytes, with one-line errors for bad files."""
-    if isinstance(source, (bytes, bytearray)):
-        name = name or "upload"
-        raw = bytes(source)
-    else:
-        name = name or str(source)
-        try:
-            size = Path(source).stat().st_size
-            if size > MAX_FILE_BYTES:
-                raise ImageError(f"{name} is {size / 2**20:,.0f} MB, over the {MAX_FILE_BYTES / 2**20:.0f} MB "
-                                 f"limit for one image; scale it down", "too_large")
-            raw = Path(source).read_bytes()
-        except IsADirectoryError:
-            raise ImageError(f"{name} is a folder, not an image", "unreadable") from None
-        except OSError as e:
-            raise ImageError(f"cannot read {name}: {e.strerror or e}", "unreadable") from None
-    if not raw:
-        raise ImageError(f"{name} is empty (0 bytes); it is not an image", "empty")
-    with warnings.catch_warnings():
-        # Pillow only warns between its own limit and twice it; treat every bomb as an error.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(raw))
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ImageError(_too_big(name, w, h), "too_large")
-            if img.format == "JPEG":  # decode big photos at 1/2, 1/4 or 1/8 scale: far less work
-                img.draft(img.mode, (2 * WORK_SIZE, 2 * WORK_SIZE))
-            img.load()
-        except ImageError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{name} declares more than {MAX_PIXELS / 1e6:.0f} megapixels (a possible "
-                             f"decompression bomb); scale it down", "too_large") from None
-        except Image.UnidentifiedImageError:
-            raise ImageError(f"{name} is not an image Pillow can read (PNG, JPEG, BMP, GIF, TIFF, "
-                             f"WebP, ...)", "not_image") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise ImageError(f"{name} is truncated or corrupt ({' '.join(str(e).split())[:100]}); "
-                             f"copy or save the file again") from None
-    if img.width == 0 or img.height == 0:
-        raise ImageError(f"{name} has no pixels ({img.width}x{img.height})", "empty")
-    return img
-
-
-def _too_big(name, w, h) -> str:
-    return (f"{name} is {w}x{h} = {w * h / 1e6:.0f} megapixels, over the {MAX_PIXELS / 1e6:.0f}-megapixel "
-            f"limit; scale it down")
-
+# Reading files and converting every image mode is engine/images.py's (shared with folder datasets
+# and the server); to_mnist starts from its grayscale, box-averaged to at most WORK_SIDE per side.
 
 def _grayscale(img: Image.Image) -> np.ndarray:
-    """float32 [H, W] in 0..255; transparent pixels take the colour that contrasts with the ink."""
-    img = ImageOps.exif_transpose(img)  # phone photos are often stored sideways
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        alpha = np.asarray(rgba.getchannel("A"), np.float32) / 255.0
-        gray = np.asarray(rgba.convert("L"), np.float32)
-        opaque = alpha > 0.5
-        # Dark strokes on a transparent sheet go on white paper; light strokes on black.
-        paper = 255.0 if (not opaque.any() or gray[opaque].mean() < 128) else 0.0
-        return gray * alpha + paper * (1 - alpha)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img, np.float32)
-        lo, hi = float(a.min()), float(a.max())
-        return (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-    return np.asarray(img.convert("L"), np.float32)
+    """float32 [H, W] in 0..255 (engine/images.py's gray_image)."""
+    return np.asarray(gray_image(img, WORK_SIDE), np.float32)
 
 
 # --- MNIST-style preprocessing ----------------------------------------------------------------
@@ -339,7 +265,7 @@ def preprocessing_for(dataset: str) -> str:
     return "fashion" if dataset == "fashion-mnist" else "digit"  # MNIST, QMNIST, KMNIST: handwriting
 
 
-def check_preprocessing(name: str | None) -> str | None:
+def check_preprocess_name(name: str | None) -> str | None:
     if name is not None and name not in PREPROCESSING:
         raise CnnlabError(f"unknown preprocessing '{name}'; choose one of: {', '.join(PREPROCESSING)}")
     return name
@@ -374,6 +300,18 @@ class Classifier:
         self.lock = threading.Lock()
 
     @property
+    def loaded(self) -> bool:
+        """Is there a network to ask (a server over a folder without a finished run has none yet)?"""
+        return self.trained is not None or self.session is not None
+
+    def take(self, other: "Classifier") -> None:
+        """Answer with `other`'s model from now on. A server's routes hold this one object, so
+        it changes in place, between two forward passes."""
+        with self.lock:
+            for f in fields(self):
+                setattr(self, f.name, getattr(other, f.name))
+
+    @property
     def preprocessing(self) -> str:
         """How image files are prepared for this model: the user's choice, else by its dataset."""
         return self.preprocess or preprocessing_for(self.dataset)
@@ -394,7 +332,11 @@ class Classifier:
             return self.session.run(None, {name: batch})[0]
 
     def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
-        return torch.from_numpy(self.logits(images_u8)).float().softmax(dim=1).numpy()
+        probs = torch.from_numpy(self.logits(images_u8)).float().softmax(dim=1).numpy()
+        if not np.isfinite(probs).all():  # never report "nan%" (nor send NaN, which is not JSON)
+            raise RunError(f"{self.source} gives NaN or infinite outputs (its weights are broken); train "
+                           f"the run again, or export it again")
+        return probs
 
 
 def load_classifier(path: str | os.PathLike, tta: bool = False, preprocess: str | None = None) -> Classifier:
@@ -404,7 +346,7 @@ def load_classifier(path: str | os.PathLike, tta: bool = False, preprocess: str 
     preprocess: "digit", "fashion" or "plain" (PREPROCESSING) instead of the dataset's own.
     """
     path = Path(path)
-    check_preprocessing(preprocess)
+    check_preprocess_name(preprocess)
     if path.is_file() and path.suffix.lower() == ".onnx":
         if tta:
             raise CnnlabError(f"--tta needs a run folder; {path} is an exported ONNX file with a fixed graph")
@@ -429,10 +371,31 @@ def _load_onnx(path: Path) -> Classifier:
     if "cnnlab" not in meta:
         raise CnnlabError(f"{path} has no cnnlab metadata (normalisation, classes); export it with "
                           f"'cnnlab export RUN_DIR --format onnx'")
-    info = json.loads(meta["cnnlab"])
-    return Classifier(str(path), list(info["classes"]), float(info["normalization"]["mean"]),
-                      float(info["normalization"]["std"]), dataset=info.get("dataset", "mnist"),
-                      session=session, metadata=info)
+    try:
+        info = json.loads(meta["cnnlab"])
+    except (ValueError, RecursionError):
+        info = None
+    where = f"{path}'s cnnlab metadata"
+    if not isinstance(info, dict) or not isinstance(info.get("classes"), list) or "normalization" not in info \
+            or not isinstance(info.get("dataset", ""), str):
+        raise RunError(f"{where} is not the JSON 'cnnlab export' writes (classes, normalization, dataset); "
+                       f"export the run again")
+    check_preprocessing(info, where, "export the run again")
+    outputs = session.get_outputs()[0].shape
+    if not outputs or outputs[-1] != len(info["classes"]):
+        raise RunError(f"{where} names {len(info['classes'])} classes but the model has {outputs[-1] if outputs else 'no'} "
+                       f"outputs; export the run again")
+    clf = Classifier(str(path), list(info["classes"]), float(info["normalization"]["mean"]),
+                     float(info["normalization"]["std"]), dataset=info.get("dataset", "mnist"),
+                     session=session, metadata=info)
+    try:  # one blank image through it: a graph that does not take 28x28 images, or NaN weights, fail here
+        clf.probabilities(np.zeros((1, data_mod.IMAGE_SIZE, data_mod.IMAGE_SIZE), np.uint8))
+    except CnnlabError:
+        raise
+    except Exception as e:  # onnxruntime's own exception types
+        raise RunError(f"{path} does not classify a 1x28x28 image ({' '.join(str(e).split())[:120]}); "
+                       f"export the run again with 'cnnlab export'") from None
+    return clf
 
 
 # --- files -> predictions -------------------------------------------------------------------------
@@ -464,15 +427,17 @@ def predict_images(clf: Classifier, images_u8: np.ndarray, top_k: int = 3) -> li
 
 
 def predict_files(clf: Classifier, inputs, top_k: int = 3, save_preprocessed: str | os.PathLike | None = None,
-                  batch_size: int = 256) -> list[dict]:
-    """Preprocess and classify every file; a bad file gets {"file", "error"} and the rest go on."""
+                  batch_size: int = 256, force: bool = False) -> list[dict]:
+    """Preprocess and classify every file; a bad file gets {"file", "error"} and the rest go on.
+
+    save_preprocessed: a folder for the 28x28 images; an existing PNG there is replaced only with
+    force, and an input image never (checked for every file before any is read).
+    """
     files = collect_files(inputs)
     if not files:
         raise CnnlabError("no image files found in the given folders; pass image files or folders "
                           f"holding {', '.join(sorted(IMAGE_EXTENSIONS))} files")
-    save_dir = Path(save_preprocessed) if save_preprocessed else None
-    if save_dir:
-        save_dir.mkdir(parents=True, exist_ok=True)
+    saved = _png_names(files, Path(save_preprocessed), force) if save_preprocessed else None
     results: list[dict] = []
     pending: list[tuple[int, np.ndarray]] = []
 
@@ -483,16 +448,18 @@ def predict_files(clf: Classifier, inputs, top_k: int = 3, save_preprocessed: st
                 results[i].update(p)
             pending.clear()
 
-    used_names: set[str] = set()
-    for f in files:
+    for i, f in enumerate(files):
         results.append({"file": str(f), "preprocessing": clf.preprocessing})
         try:
             arr = clf.prepare(open_image(f), name=str(f))
         except ImageError as e:
             results[-1]["error"] = str(e)
             continue
-        if save_dir:
-            results[-1]["preprocessed"] = str(_save_png(arr, save_dir, f, used_names))
+        if saved:
+            buf = io.BytesIO()
+            Image.fromarray(arr, "L").save(buf, format="PNG")
+            atomic_write(saved[i], buf.getvalue(), replace=force)
+            results[-1]["preprocessed"] = str(saved[i])
         pending.append((len(results) - 1, arr))
         if len(pending) >= batch_size:
             flush()
@@ -500,14 +467,18 @@ def predict_files(clf: Classifier, inputs, top_k: int = 3, save_preprocessed: st
     return results
 
 
-def _save_png(arr: np.ndarray, folder: Path, source: Path, used: set) -> Path:
-    stem, n = source.stem, 1
-    name = f"{stem}.png"
-    while name in used:  # two inputs called 3.jpg in different folders
-        n += 1
-        name = f"{stem}-{n}.png"
-    used.add(name)
-    buf = io.BytesIO()
-    Image.fromarray(arr, "L").save(buf, format="PNG")
-    atomic_write(folder / name, buf.getvalue())
-    return folder / name
+def _png_names(files: list[Path], folder: Path, force: bool) -> list[Path]:
+    """folder/<stem>.png per input (<stem>-2.png, ... for repeated stems), checked, and the folder made."""
+    names, used = [], set()
+    for f in files:
+        stem, n = f.stem, 1
+        name = f"{stem}.png"
+        while name in used:  # two inputs called 3.jpg in different folders
+            n += 1
+            name = f"{stem}-{n}.png"
+        used.add(name)
+        names.append(folder / name)
+    flag = "--save-preprocessed"
+    check_outputs(names, force=force, inputs=files, flag=flag, parent_must_exist=False)
+    make_dir(folder, flag)
+    return names

@@ -1,9 +1,9 @@
 """Looking inside a network: what each layer outputs, which pixels matter, where it looks.
 
-trace records every conv and pooling output with forward hooks, in the order the forward pass
-runs them, so any model in the registry works however its layers are nested. saliency is the
-input gradient; grad_cam is Grad-CAM (Selvaraju et al. 2017); match_kernels compares learned
-filters with the lecture's hand-designed kernels.
+trace_layers records every layer's input and output with forward hooks (trace keeps the conv and
+pooling ones), in the order the forward pass runs them, so any model in the registry works however
+its layers are nested. saliency is the input gradient; grad_cam is Grad-CAM (Selvaraju et al.
+2017); match_kernels compares learned filters with the lecture's hand-designed kernels.
 """
 
 from __future__ import annotations
@@ -21,40 +21,58 @@ from ..lecture import kernels
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, nn.LPPool2d,
          nn.FractionalMaxPool2d)
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Hardtanh)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 # --- finding layers ----------------------------------------------------------------------------
 
-def layer_kind(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Conv2d):
-        return "conv"
-    if isinstance(module, POOLS):
-        return "pool"
-    return None
+def layer_kind(module: nn.Module, inp: torch.Tensor | None = None, out: torch.Tensor | None = None) -> str:
+    """conv, pool, activation, norm, flatten, linear, dropout or other. A leaf that turns a map
+    into a vector of the same size is a flatten, whatever its class (fast_cnn's channels-last one)."""
+    for kind, types in (("conv", nn.Conv2d), ("pool", POOLS), ("activation", ACTIVATIONS), ("norm", NORMS),
+                        ("flatten", nn.Flatten), ("linear", nn.Linear), ("dropout", nn.Dropout)):
+        if isinstance(module, types):
+            return kind
+    if inp is not None and out is not None and inp.dim() > 2 and out.dim() == 2 and inp.numel() == out.numel():
+        return "flatten"
+    return "other"
 
 
 @dataclass
 class LayerOutput:
     name: str                  # the module's path in the model, e.g. "features.3"
-    kind: str                  # "conv" or "pool"
-    module: nn.Module
+    kind: str                  # see layer_kind; the full trace adds "input" and "softmax"
+    module: nn.Module | None
     input_shape: tuple         # [C, H, W] the layer received
-    output: torch.Tensor       # [C, H, W] what it produced, for one image
+    output: torch.Tensor       # [C, H, W] (or [N]) what it produced, for one image
+    input: torch.Tensor | None = None   # what it received (trace_layers only)
 
 
 @torch.no_grad()
-def trace(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[LayerOutput]]:
-    """Run one image batch [1, C, H, W] through the model, recording every conv and pool output."""
-    seen: list[LayerOutput] = []
+def trace_layers(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[LayerOutput]]:
+    """Run one image [1, C, H, W] through the model, keeping every leaf layer's input and output in
+    the order the forward pass runs them, between an "input" and a "softmax" pseudo-layer."""
+    seen: list[LayerOutput] = [LayerOutput("input", "input", None, tuple(x.shape[1:]), x[0].detach().cpu(),
+                                           x[0].detach().cpu())]
+    received: dict[int, torch.Tensor] = {}
     handles = []
+
+    def before(mod, inputs):
+        # clone: an in-place ReLU would otherwise overwrite the input we keep.
+        received[id(mod)] = inputs[0].detach().clone().cpu() if inputs and torch.is_tensor(inputs[0]) else None
+
+    def after(mod, inputs, output, name):
+        inp = received.pop(id(mod), None)
+        if inp is None or not torch.is_tensor(output):
+            return
+        out = output.detach().clone().cpu()
+        seen.append(LayerOutput(name or type(mod).__name__, layer_kind(mod, inp, out), mod, tuple(inp.shape[1:]),
+                                out[0], inp[0]))
     for name, module in model.named_modules():
-        kind = layer_kind(module)
-        if kind:
-            def hook(mod, inputs, output, name=name, kind=kind):
-                # clone: an in-place ReLU that follows would otherwise overwrite what we keep.
-                seen.append(LayerOutput(name or type(mod).__name__, kind, mod,
-                                        tuple(inputs[0].shape[1:]), output[0].detach().clone().cpu()))
-            handles.append(module.register_forward_hook(hook))
+        if not any(module.children()):
+            handles.append(module.register_forward_pre_hook(before))
+            handles.append(module.register_forward_hook(lambda m, i, o, name=name: after(m, i, o, name)))
     was_training = model.training
     model.eval()
     try:
@@ -63,7 +81,16 @@ def trace(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[LayerOu
         model.train(was_training)
         for h in handles:
             h.remove()
+    z = logits[0].detach().float().cpu()
+    seen.append(LayerOutput("softmax", "softmax", None, tuple(z.shape), z.softmax(0), z))
     return logits, seen
+
+
+@torch.no_grad()
+def trace(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[LayerOutput]]:
+    """Run one image batch [1, C, H, W] through the model, recording every conv and pool output."""
+    logits, layers = trace_layers(model, x)
+    return logits, [layer for layer in layers if layer.kind in ("conv", "pool")]
 
 
 def first_linear(model: nn.Module, x: torch.Tensor) -> nn.Linear | None:

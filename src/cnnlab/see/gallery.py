@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..engine import data as data_mod
 from ..errors import CnnlabError
-from ..files import atomic_write
+from ..files import check_output, write_output
 from ..lecture import kernels
 from ..lecture.kernels import GALLERY_COLUMNS
 
@@ -103,22 +103,46 @@ class Gallery:
     rows: list = field(default_factory=list)      # Picture per row
     errors: list = field(default_factory=list)    # (path, message) for images that could not be read
     out: Path | None = None
+    notes: list = field(default_factory=list)     # what the default rows lack and why
+
+
+def draw(out, images: list | None = None, extra: list[tuple[str, np.ndarray]] = (), size: int | None = None,
+         sigma: float = 1.0, data_dir=None, force: bool = False, inputs=()) -> Gallery:
+    """`cnnlab kernels --out`: the gallery of the given image files (the readable ones; the others
+    are listed in .errors), or of the sample digits and photographs (sample_pictures). `out` is
+    checked before any image is read; it replaces a file only with force, never one of `inputs`."""
+    inputs = [*(images or []), *inputs]
+    check_output(out, force=force, inputs=inputs)
+    pictures, errors, notes = [], [], []
+    if images:
+        for path in images:
+            try:
+                pictures.append(load_image(path))
+            except CnnlabError as e:
+                errors.append((str(path), str(e)))
+        if not pictures:
+            raise CnnlabError("; ".join(message for _, message in errors) + "; nothing to draw")
+    else:
+        pictures, notes = sample_pictures(data_dir)
+    g = gallery(pictures, out, extra=extra, size=size, sigma=sigma, errors=errors, force=force, inputs=inputs)
+    g.notes = notes
+    return g
 
 
 def gallery(pictures: list[Picture], out, extra: list[tuple[str, np.ndarray]] = (),
-            size: int | None = None, sigma: float = 1.0, errors=()) -> Gallery:
+            size: int | None = None, sigma: float = 1.0, errors=(), force: bool = False, inputs=()) -> Gallery:
     """Draw Original + the lecture's seven kernels (+ extra (title, kernel) columns) for each picture.
 
     Kernels whose weights sum to 0 (edge detectors) give signed maps: mid-gray is 0, white positive,
     black negative, scaled to the 99th percentile of |response| (printed under each panel) so one
     bright pixel does not wash out the rest. Other kernels keep brightness and are shown on 0..1.
+    An existing `out` is replaced only with force, and never when it is one of the `inputs`.
     """
     out = Path(out)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in ("png", "jpg", "jpeg", "svg", "pdf"):
         raise CnnlabError(f"--out {out} must end in .png, .jpg, .svg or .pdf")
-    if not out.parent.is_dir():
-        raise CnnlabError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    check_output(out, force=force, inputs=inputs)
     if not pictures:
         raise CnnlabError("no images to draw; pass --image with at least one readable image")
     columns = [(title, kernels.get(name, size, sigma)) for title, name in GALLERY_COLUMNS]
@@ -147,5 +171,5 @@ def gallery(pictures: list[Picture], out, extra: list[tuple[str, np.ndarray]] = 
     fig.tight_layout(pad=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="jpeg" if fmt == "jpg" else fmt, dpi=90)
-    atomic_write(out, buf.getvalue())
+    write_output(out, buf.getvalue(), force=force, inputs=inputs)
     return Gallery(["Original"] + [t for t, _, _ in columns], list(pictures), list(errors), out)

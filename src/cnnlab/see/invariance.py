@@ -20,8 +20,8 @@ from ..engine.config import FOLDER, TrainConfig
 from ..engine.processes import resolve_device
 from ..engine.train import train
 from ..errors import CnnlabError
-from ..files import atomic_write
-from ..runs.folder import TrainedModel, load, test_split
+from ..files import check_output, write_output
+from ..runs.folder import TrainedModel, load, run_files, test_split
 
 # Each shift is tried in four directions (right, left, down, up) and the results averaged.
 DIRECTIONS = [(1, 0), (-1, 0), (0, 1), (0, -1)]
@@ -124,7 +124,7 @@ def baseline_for(run_config: dict, data_dir=None, log: Callable | None = None):
     return TrainedModel(result.model.eval(), config, None, resolve_device(result.config.device))
 
 
-def plot_invariance(rows: list[dict], out) -> None:
+def plot_invariance(rows: list[dict], out, force: bool = False, inputs=()) -> None:
     """Two panels: predictions changed and feature change versus shift, one line per model."""
     fig = MplFigure(figsize=(8, 3))
     axes = fig.subplots(1, 2)
@@ -142,13 +142,15 @@ def plot_invariance(rows: list[dict], out) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    atomic_write(out, buf.getvalue())
+    write_output(out, buf.getvalue(), force=force, inputs=inputs)
 
 
 def measure(run_dir, *, baseline_dir=None, out=None, limit: int | None = None, max_shift: int = 4,
-            limit_train: int | None = None, data_dir=None, log: Callable | None = None) -> dict:
+            limit_train: int | None = None, data_dir=None, log: Callable | None = None,
+            force: bool = False) -> dict:
     """`cnnlab pool --invariance`: the run against a pool-free baseline trained alike, on the run's own
-    test images, with the plot written to `out` (default RUN_DIR/invariance.png).
+    test images, with the plot written to `out` (default RUN_DIR/invariance.png; an existing file is
+    replaced only with force, a file of either run never).
 
     limit_train, when given, must be the run's own: the baseline sees exactly the run's images.
     """
@@ -160,8 +162,8 @@ def measure(run_dir, *, baseline_dir=None, out=None, limit: int | None = None, m
                           f"images but {run_dir} was trained on {images_text(training['limit_train'])}; the baseline "
                           f"must see the same images - drop --limit-train (or train the pooled run with it too)")
     out = Path(out) if out else Path(run_dir) / "invariance.png"
-    if not out.parent.is_dir():
-        raise CnnlabError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    inputs = [*run_files(run_dir), *(run_files(baseline_dir) if baseline_dir else [])]
+    check_output(out, force=force, inputs=inputs)
     if baseline_dir:
         baseline = load(baseline_dir)
         check_has_features(baseline)
@@ -173,6 +175,6 @@ def measure(run_dir, *, baseline_dir=None, out=None, limit: int | None = None, m
     _, test = test_split(pooled.config, data_dir, limit)
     models = {pooled.name: pooled, baseline.name if baseline.name != pooled.name else "baseline": baseline}
     rows = invariance(models, test.images, test.labels, max_shift)
-    plot_invariance(rows, out)
+    plot_invariance(rows, out, force, inputs)
     return {"run_dir": str(pooled.run_dir), "baseline": str(baseline.run_dir) if baseline.run_dir else None,
             "training": training, "images": len(test), "plot": str(out), "rows": rows}

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import CnnlabError
-from ..files import atomic_write
-from ..runs.folder import load, read_metrics
+from ..files import check_output, write_output
+from ..runs.folder import load, read_metrics, run_files
 from . import visualize
 
 STYLE = """
@@ -149,18 +149,23 @@ def to_html(v: visualize.Visuals, config: dict, metrics: list[dict], per_class: 
     return "\n".join(parts)
 
 
-def build(run_dir, out=None, **render_options) -> dict:
-    """Render every figure of a run and write one HTML file (default RUN_DIR/report.html)."""
+def build(run_dir, out=None, force: bool = False, **render_options) -> dict:
+    """Render every figure of a run and write one HTML file (default RUN_DIR/report.html).
+
+    An existing `out` is replaced only with force, and never when it is one of the run's files or
+    the --image.
+    """
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "report.html"
     if out.is_dir():
         raise CnnlabError(f"--out {out} is a folder; pass a file name such as {out / 'report.html'}")
-    if not out.parent.is_dir():
-        raise CnnlabError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    image = render_options.get("image")
+    inputs = [*run_files(run_dir), *([image] if image else [])]
     trained = load(run_dir)
+    check_output(out, force=force, inputs=inputs)  # before anything is drawn
     v = visualize.render(trained, **render_options)
     cm = next(f for f in v.figures if f.name == "confusion").data["confusion_matrix"]
     per_class = list(zip(trained.classes, v.summary["per_class_accuracy"], map(sum, cm)))
     html = to_html(v, trained.config, read_metrics(run_dir), per_class)
-    atomic_write(out, html)
+    write_output(out, html, force=force, inputs=inputs)
     return {**v.to_json(), "report": str(out), "bytes": len(html.encode())}

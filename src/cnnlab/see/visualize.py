@@ -9,6 +9,7 @@ The figures themselves are in see/figures.py, one function each; this module pic
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import CnnlabError
-from ..files import atomic_write
+from ..files import atomic_write, check_outputs, make_dir
 from ..runs.folder import ENSEMBLE, TrainedModel, load, test_split
 from ..runs.inference import metrics_from_predictions, predict_logits
-from ..runs.predict import ImageError, check_preprocessing, open_image, prepare, preprocessing_for
+from ..runs.predict import ImageError, check_preprocess_name, open_image, prepare, preprocessing_for
 from . import figures
 from .explain import trace
 from .figures import Figure
@@ -69,7 +70,7 @@ def render(run, *, index: int = 0, image=None, explain: list[int] | None = None,
         if not 0 <= i < len(test_full):
             raise CnnlabError(f"test image index {i} is out of range; {dataset} has {len(test_full):,} test "
                               f"images (0..{len(test_full) - 1})")
-    how = check_preprocessing(preprocess) or preprocessing_for(trained.config.get("dataset", "mnist"))
+    how = check_preprocess_name(preprocess) or preprocessing_for(trained.config.get("dataset", "mnist"))
     user = _user_image(image, how) if image is not None else None
     test = test_full.subset(limit)
     with _progress(progress) as bar:
@@ -146,14 +147,28 @@ def _user_image(path, how: str) -> np.ndarray:
         raise CnnlabError(f"--image: {e}") from None
 
 
-def write(visuals: Visuals, out_dir) -> dict[str, Path]:
-    """Write each figure as OUT_DIR/<name>.png (atomically); returns name -> path."""
+# Every figure render() can draw (see/figures.py), so an --out folder is checked before drawing.
+FIGURES = ("filters", "first_layer_weights", "feature_maps", "curves", "confusion", "mistakes", "saliency")
+
+
+def check_out(out_dir, force: bool = False, inputs=()) -> Path:
+    """Refuse, before anything is drawn, an --out whose figure files exist (unless force) or are inputs."""
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
+    if os.path.lexists(out) and not out.is_dir():
         raise CnnlabError(f"--out {out} is a file; pass a folder for the figures")
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
+    check_outputs([out / f"{name}.png" for name in FIGURES], force=force, inputs=inputs, parent_must_exist=False)
+    return out
+
+
+def write(visuals: Visuals, out_dir, force: bool = False, inputs=()) -> dict[str, Path]:
+    """Write each figure as OUT_DIR/<name>.png (atomically); returns name -> path.
+
+    An existing figure file is replaced only with force; a file among `inputs` never.
+    """
+    out = check_out(out_dir, force, inputs)
+    paths = {f.name: out / f"{f.name}.png" for f in visuals.figures}
+    check_outputs(paths.values(), force=force, inputs=inputs, parent_must_exist=False)
+    make_dir(out)
     for f in visuals.figures:
-        paths[f.name] = out / f"{f.name}.png"
-        atomic_write(paths[f.name], f.png)
+        atomic_write(paths[f.name], f.png, replace=force)
     return paths

@@ -12,14 +12,20 @@ works offline) and a small JSON API, documented at /api/docs (Swagger UI, also s
   GET  /api/filters    the learned first-layer filters
   POST /api/kernel     a hand-designed or typed-in kernel applied to an image
 
-Every request error is a JSON {"error": "..."} with a 4xx status, and the server keeps serving.
+Every request error is a JSON {"error": "..."} with a 4xx status (404 and 405 too), the server
+keeps serving, and the client's keep-alive connection stays usable. Uploads are bounded three ways:
+5 MB per body, 16 megapixels per image (refused from the header, before decoding), and two image
+decodes at a time; a decoded image is reduced to about 1024 pixels per side before any float copy
+exists (engine/images.py), so memory stays bounded however many clients upload at once.
+The explorer's views are web/explain.py's routes: the network layer by layer, a unit's arithmetic, the sliding window.
+The page's other views are the routes of web/training.py (train from the page), web/runs.py (the run
+browser) and web/robustness.py (move the drawing, find the smallest change that flips it).
 """
 
 from __future__ import annotations
 
 import base64
-import json
-import re
+import ipaddress
 import socket
 from pathlib import Path
 
@@ -32,27 +38,36 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from .. import __version__
+from ..engine.config import FOLDER
+from ..engine.data import DIGITS
+from ..engine.images import gray_image
 from ..engine.models import count_parameters
 from ..errors import CnnlabError
 from ..lecture import conv, kernels
 from ..runs.folder import read_metrics
-from ..runs.predict import Classifier, ImageError, load_classifier, open_image, predict_images
+from ..runs.predict import Classifier, load_classifier, predict_images
+from ..see.browse import is_run, latest_finished
 from ..see.explain import trace
-from ..see.gallery import downscale, to_gray
+from ..see.gallery import downscale
+from . import explain, robustness, runs, training
+from .requests import (
+    KERNEL_LIMIT,
+    LOG,
+    MATRIX_TEXT,
+    MAX_UPLOAD,
+    RequestError,
+    array_image,
+    decoded,
+    number_rows,
+    parse_upload,
+    wants,
+)
 
 STATIC_DIR = Path(__file__).with_name("static")
-MAX_UPLOAD = 5 * 1024 * 1024           # bytes; larger requests get 413
 PLAYGROUND_SIZE = 160                   # uploaded images are shrunk to this many pixels per side
-STATUS_FOR_KIND = {"not_image": 415, "too_large": 413, "empty": 400, "corrupt": 400, "blank": 400,
-                   "unreadable": 400}
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 # --- kernels for the playground ---------------------------------------------------------------
@@ -62,18 +77,13 @@ def named_kernels() -> dict[str, np.ndarray]:
     return {name: kernels.get(name).astype(np.float32) for name in kernels.NAMED}
 
 
-# A typed kernel may only hold numbers and separators: conv.parse_matrix would read a file whose
-# name it is given, and a web request must never make the server open its own files.
-_MATRIX_TEXT = re.compile(r"[0-9eE+\-.,;\s]+")
-
-
 def parse_kernel(value) -> tuple[str, np.ndarray]:
     """A kernel name, or a square matrix with odd side (JSON list or text rows "a b c; d e f; ...")."""
     if isinstance(value, str) and value.strip().lower() in kernels.NAMED:
         name = value.strip().lower()
         return name, kernels.get(name).astype(np.float32)
     if isinstance(value, str):
-        if not _MATRIX_TEXT.fullmatch(value.strip() or "x"):
+        if not MATRIX_TEXT.fullmatch(value.strip() or "x"):
             raise RequestError(422, f"kernel '{value[:40]}' is neither a name ({', '.join(kernels.NAMED)}) nor "
                                     f"a matrix like '0 -1 0; -1 5 -1; 0 -1 0'")
         try:
@@ -81,15 +91,12 @@ def parse_kernel(value) -> tuple[str, np.ndarray]:
         except CnnlabError as e:
             raise RequestError(422, str(e)) from None
     else:
-        try:
-            k = np.asarray(value, np.float64)
-        except (ValueError, TypeError):
-            raise RequestError(422, "kernel must be a square matrix of numbers with an odd side (3x3, 5x5, 7x7)") from None
+        k = number_rows(value, "kernel", 7)
     if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0 or not 1 <= k.shape[0] <= 7:
         raise RequestError(422, f"kernel has shape {list(k.shape)}; it must be square with an odd side "
                                 f"from 1 to 7 (e.g. 3x3)")
-    if not np.isfinite(k).all():
-        raise RequestError(422, "kernel values must be finite numbers")
+    if not np.isfinite(k).all() or np.abs(k).max() > KERNEL_LIMIT:
+        raise RequestError(422, f"kernel values must be finite numbers from {-KERNEL_LIMIT:g} to {KERNEL_LIMIT:g}")
     return "custom", k.astype(np.float32)
 
 
@@ -119,83 +126,26 @@ def _encode(maps: np.ndarray) -> dict:
             "max": [round(float(s), 5) for s in scale], "data": base64.b64encode(q.tobytes()).decode()}
 
 
-# --- request bodies -----------------------------------------------------------------------------
-
-async def read_body(request: Request) -> bytes:
-    """The whole body, refused with 413 as soon as it passes MAX_UPLOAD (never buffered beyond)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_UPLOAD:
-        raise RequestError(413, f"upload is {int(declared) / 2**20:.1f} MB, over the {MAX_UPLOAD / 2**20:.0f} MB "
-                                f"limit; send a smaller image")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_UPLOAD:
-            raise RequestError(413, f"upload is over the {MAX_UPLOAD / 2**20:.0f} MB limit; send a smaller image")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def parse_upload(request: Request) -> tuple[str, object, dict]:
-    """(kind, payload, fields): ('image', bytes, form fields or query) or ('json', dict, dict)."""
-    body = await read_body(request)
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        async def replay():
-            return {"type": "http.request", "body": body, "more_body": False}
-        try:
-            form = await Request(request.scope, replay).form(max_part_size=MAX_UPLOAD)
-        except Exception as e:  # malformed multipart
-            raise RequestError(400, f"malformed multipart upload ({e}); send the image in a field named 'file'") from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise RequestError(400, "multipart upload has no file field named 'file'")
-        return "image", await upload.read(), dict(form)
-    if ctype == "application/json":
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError(400, "request body is not valid JSON") from None
-        if not isinstance(payload, dict):
-            raise RequestError(422, 'JSON body must be an object such as {"image": [[...28 numbers...], ...]}')
-        return "json", payload, payload
-    if ctype.startswith("image/") or ctype == "application/octet-stream":
-        return "image", body, dict(request.query_params)
-    raise RequestError(415, f"unsupported content type '{ctype or 'none'}'; send multipart/form-data with a "
-                            f"'file' field, an image/* body, or application/json")
-
-
-def array_image(value, size: int | None = 28, name: str = "image") -> np.ndarray:
-    """A JSON 2-D array of 0-255 numbers -> float32; shape must be size x size when size is given."""
-    try:
-        a = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise RequestError(422, f"'{name}' must be a 2-D array of numbers (rows of equal length)") from None
-    if size is not None and a.shape != (size, size):
-        raise RequestError(422, f"'{name}' has shape {list(a.shape)}; expected [{size}, {size}] "
-                                f"(28 rows of 28 numbers 0-255, white digit on black)")
-    if a.ndim != 2 or min(a.shape) < 1 or max(a.shape) > 1024:
-        raise RequestError(422, f"'{name}' has shape {list(a.shape)}; expected a 2-D array up to 1024x1024")
-    if not np.isfinite(a).all() or a.min() < 0 or a.max() > 255:
-        raise RequestError(422, f"'{name}' values must be numbers from 0 to 255")
-    return a.astype(np.float32)
-
-
-def _image_error(e: ImageError) -> RequestError:
-    return RequestError(STATUS_FOR_KIND.get(e.kind, 400), str(e))
-
-
 # --- the app --------------------------------------------------------------------------------------
 
+def _public(name: str | None) -> str | None:
+    """A run's source or folder dataset without the server's folders: its last part only."""
+    if name and name.startswith(FOLDER):
+        return FOLDER + Path(name[len(FOLDER):]).name
+    return Path(name).name if name else name
+
+
 def model_info(clf: Classifier) -> dict:
-    info = {"source": clf.source, "classes": clf.classes,
+    """What /api/model tells any client; no server file path (a run or dataset is named by its
+    folder's own name)."""
+    info = {"source": _public(clf.source), "classes": clf.classes,
             "normalization": {"mean": clf.mean, "std": clf.std}, "input": [1, 28, 28],
             "max_upload_bytes": MAX_UPLOAD, "preprocessing": clf.preprocessing,
             "kernels": list(named_kernels()), "cnnlab": __version__}
     if clf.trained is not None:
         t = clf.trained
         metrics = read_metrics(t.run_dir) if t.run_dir else []
-        info.update(model=t.name, dataset=t.config.get("dataset"),
+        info.update(model=t.name, dataset=_public(t.config.get("dataset")),
                     parameters=count_parameters(t.model),
                     # An ensemble has no training metrics; its evaluation sits in its config.
                     test_accuracy=(metrics[-1].get("test_accuracy") if metrics
@@ -204,26 +154,93 @@ def model_info(clf: Classifier) -> dict:
                     conv_layers=[{"module": n, "in_channels": m.in_channels, "out_channels": m.out_channels,
                                   "kernel_size": list(m.kernel_size)} for n, m in conv_layers(t.model)])
     else:
-        info.update(model=(clf.metadata or {}).get("model"), dataset=(clf.metadata or {}).get("dataset"),
+        info.update(model=(clf.metadata or {}).get("model"), dataset=_public((clf.metadata or {}).get("dataset")),
                     conv_layers=[])
     return info
 
 
-def create_app(model: str | Path | Classifier, preprocess: str | None = None) -> FastAPI:
-    """The app for a run folder, an .onnx file or a loaded Classifier; uploaded images are prepared
-    as the model's dataset was made, or `preprocess` ("digit", "fashion", "plain")."""
-    clf = model if isinstance(model, Classifier) else load_classifier(model, preprocess=preprocess)
+class CatchAll:
+    """A bug while answering must not cost the client its connection: Starlette's last-resort
+    handler re-raises after answering 500, and uvicorn then closes the keep-alive connection. This
+    logs the traceback once, answers 500 JSON (without details) and returns normally."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            LOG.exception("internal error answering %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await JSONResponse({"error": "internal error; the server's log has the details"},
+                                   status_code=500)(scope, receive, send)
+
+
+def training_allowed(host: str, allow_training: bool = False) -> bool:
+    """Training from the page uses this machine's CPU: on where only this machine can reach the
+    server (a loopback address), elsewhere only when asked for."""
+    if allow_training or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: other machines may reach it
+        return False
+
+
+def create_app(model: str | Path | Classifier, *, runs_dir: str | Path | None = None, allow_training: bool = True,
+               why_not: str = "", data_dir=None, preprocess: str | None = None) -> FastAPI:
+    """The explorer for a run folder, an exported .onnx file, or a folder of runs (the newest
+    finished one is loaded; none yet: the page can train one). runs_dir is the run browser's folder
+    and where page trainings go (default: the folder of runs, or the folder holding the run).
+    Uploaded images are prepared as the model's dataset was made, or as `preprocess` says
+    ("digit", "fashion", "plain")."""
+    clf, root = _open(model, runs_dir, preprocess)
     info = model_info(clf)
     # /api/docs is Swagger UI from files shipped in the fastapi-offline package, not from a CDN:
     # like the rest of the page it works with no network.
     app = FastAPIOffline(title="cnnlab", version=__version__, docs_url="/api/docs", redoc_url=None,
                          static_url="/api/docs-assets")
-    app.state.classifier = clf
+    app.state.classifier, app.state.info = clf, info
+    app.add_middleware(CatchAll)
     _add_pages(app, info)
     _add_model_routes(app, clf)
     _add_kernel_route(app)
+    explain.add_routes(app, clf)
+    training.add_routes(app, root, allow_training, why_not, data_dir)
+    runs.add_routes(app, root, allow_training, why_not, data_dir, use_model=lambda path: _use_model(app, path))
+    robustness.add_routes(app, feature_maps)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def _open(model, runs_dir, preprocess: str | None = None) -> tuple[Classifier, Path]:
+    if isinstance(model, Classifier):
+        return model, Path(runs_dir or "runs")
+    path = Path(model)
+    if path.is_dir() and not is_run(path):  # a folder of runs
+        latest = latest_finished(path)
+        clf = (load_classifier(latest, preprocess=preprocess) if latest
+               else Classifier(f"no finished run in {path} yet", DIGITS, 0.5, 0.5, preprocess=preprocess))
+        return clf, Path(runs_dir or path)
+    return load_classifier(path, preprocess=preprocess), Path(runs_dir or path.parent)
+
+
+def _use_model(app: FastAPI, path: Path) -> dict:
+    """The explorer answers with the run at `path` from now on (the run browser's Explore)."""
+    app.state.classifier.take(load_classifier(path))
+    app.state.info.clear()
+    app.state.info.update(model_info(app.state.classifier))
+    return app.state.info
 
 
 def _add_pages(app: FastAPI, info: dict) -> None:
@@ -232,9 +249,10 @@ def _add_pages(app: FastAPI, info: dict) -> None:
     async def request_error(request, exc: RequestError):
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request, exc: Exception):  # a bug must not take the server down
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):  # 404, 405: the same {"error": ...} shape
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {exc.detail.lower()}"},
+                            status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -262,18 +280,18 @@ def _add_model_routes(app: FastAPI, clf: Classifier) -> None:
     @app.post("/api/predict")
     async def api_predict(request: Request):
         kind, payload, fields = await parse_upload(request)
-        want_features = str(request.query_params.get("features", fields.get("features", "0"))).lower() in ("1", "true", "yes")
+        want_features = wants(request.query_params.get("features", fields.get("features", "0")))
+        upload = await decoded(payload, lambda pil: clf.prepare(pil, name="upload")) if kind == "image" else None
 
         def work():
+            if not clf.loaded:
+                raise RequestError(409, "no model is loaded yet: train one in the Train tab or pick a run in Runs")
             if kind == "json":
                 if "image" not in payload:
                     raise RequestError(422, 'JSON body needs an "image" field: 28 rows of 28 numbers 0-255')
                 img = np.round(array_image(payload["image"])).astype(np.uint8)
             else:
-                try:
-                    img = clf.prepare(open_image(payload, name="upload"), name="upload")
-                except ImageError as e:
-                    raise _image_error(e) from None
+                img = upload
             result = predict_images(clf, img[None], top_k=len(clf.classes))[0]
             result["image"] = img.tolist()
             if want_features:
@@ -288,6 +306,7 @@ def _add_kernel_route(app: FastAPI) -> None:
     @app.post("/api/kernel")
     async def api_kernel(request: Request):
         kind, payload, fields = await parse_upload(request)
+        upload = await decoded(payload, lambda pil: np.asarray(gray_image(pil), np.float64)) if kind == "image" else None
 
         def work():
             if kind == "json":
@@ -295,12 +314,7 @@ def _add_kernel_route(app: FastAPI) -> None:
                     raise RequestError(422, 'JSON body needs an "image" field (2-D array of 0-255) and a "kernel"')
                 img = array_image(payload["image"], size=None)
             else:
-                try:
-                    pil = open_image(payload, name="upload")
-                except ImageError as e:
-                    raise _image_error(e) from None
-                pixels = downscale(to_gray(np.asarray(pil.convert("L"))), PLAYGROUND_SIZE)
-                img = pixels * 255.0
+                img = downscale(upload / 255.0, PLAYGROUND_SIZE) * 255.0
             name, k = parse_kernel(fields.get("kernel", "sobel-x"))
             out = kernels.apply(img / 255.0, k)
             return {"kernel_name": name, "kernel": k.tolist(), "input": np.round(img).astype(int).tolist(),
@@ -309,9 +323,14 @@ def _add_kernel_route(app: FastAPI) -> None:
         return await run_in_threadpool(work)
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning",
-          preprocess: str | None = None) -> None:
-    app = create_app(model, preprocess=preprocess)
+def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", *,
+          allow_training: bool = False, runs_dir=None, data_dir=None, preprocess: str | None = None) -> None:
+    """Serve the explorer. Training from the page (and changing its model) is on where only this
+    machine can reach the server, elsewhere only with allow_training: it uses this machine's CPU."""
+    allowed = training_allowed(host, allow_training)
+    app = create_app(model, runs_dir=runs_dir, allow_training=allowed, data_dir=data_dir, preprocess=preprocess,
+                     why_not=f"training from the page is off because the server listens on {host}, where other "
+                             f"machines can reach it; restart it with --allow-training to allow it")
     # Check the address first: uvicorn would log a traceback-like error and exit on its own.
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -320,10 +339,18 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, log_leve
     except OSError as e:
         raise CnnlabError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port "
                           f"or stop the program using it") from None
-    print(f"cnnlab serve: {info_line(app)} at http://{host}:{port}/  (Ctrl+C stops)", flush=True)
+    print(f"cnnlab serve: {info_line(app)} at http://{host}:{port}/; runs in {app.state.trainer.root}, training "
+          f"from the page {'on' if allowed else 'off (--allow-training turns it on)'}  (Ctrl+C stops)", flush=True)
     # A longer keep-alive than uvicorn's 5 s: busy clients reuse connections instead of racing
     # the server closing them.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30))
+    # On Ctrl-C uvicorn waits for open responses before shutting down (and stopping a training):
+    # the event streams of pages following a training end as soon as it begins to.
+    app.state.shutting_down = lambda: server.should_exit
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl-C again once it has shut down (as uvicorn.run, quietly)
+        pass
 
 
 def info_line(app: FastAPI) -> str:

@@ -1,4 +1,6 @@
 // cnnlab explorer: plain JavaScript, no libraries, no network access beyond this server.
+// This file owns the navigation between views, the Draw view (drawing, uploads, the prediction
+// bars) and the Kernels view; explain.js draws the Network view, slide.js the Sliding window.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -11,6 +13,27 @@ let again = false;        // ... and one more if the drawing changed meanwhile
 let version = 0;          // strokes drawn so far: answers say which drawing they describe
 let kernelSeq = 0;        // only the latest playground answer is shown
 
+// What the other views share. image: the 28x28 image (0-255 rows) the model last saw, drawn or
+// uploaded; a "cnnlab:image" event announces a new one and "cnnlab:view" a newly shown view.
+const cnnlab = window.cnnlab = { image: null, classes: [], model: null, view: null };
+
+// ---- views ----------------------------------------------------------------------------------
+const links = [...document.querySelectorAll("#nav a[data-view]")];
+function showView() {
+  const hash = location.hash.slice(1) || "draw";
+  const current = links.find((a) => a.getAttribute("href") === "#" + hash) || links[0];
+  for (const a of links) {
+    const on = a === current;
+    if (on) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+    const section = $(a.dataset.view);
+    if (section) section.hidden = !on;
+  }
+  cnnlab.view = current.dataset.view;
+  document.dispatchEvent(new CustomEvent("cnnlab:view", { detail: { id: cnnlab.view } }));
+  if (cnnlab.view === "kernels-view" && sourceIsDrawing() && drawn) applyKernel();
+}
+window.addEventListener("hashchange", showView);
+
 // ---- drawing (pointer events cover mouse, pen and touch) ------------------------------------
 function clearPad() {
   ctx.fillStyle = "#000";
@@ -21,7 +44,12 @@ function clearPad() {
   $("status").textContent = "";
   renderBars(null);
   drawGray($("seen"), null, 28, 28);
-  for (const id of ["fm1", "fm2"]) $(id).replaceChildren();
+  setImage(null);
+}
+
+function setImage(image) {
+  cnnlab.image = image;
+  document.dispatchEvent(new CustomEvent("cnnlab:image", { detail: { image } }));
 }
 
 function point(e) {
@@ -70,7 +98,8 @@ $("clear").addEventListener("click", clearPad);
 // ---- prediction -----------------------------------------------------------------------------
 const padBlob = () => new Promise((resolve) => pad.toBlob(resolve, "image/png"));
 
-async function requestPrediction(withFeatures) {
+// Live answers while drawing; the final one (stroke ended) also updates the other views.
+async function requestPrediction(final) {
   if (!drawn) return;
   if (inFlight) { again = true; return; }
   inFlight = true;
@@ -78,29 +107,71 @@ async function requestPrediction(withFeatures) {
   try {
     const form = new FormData();
     form.append("file", await padBlob(), "drawing.png");
-    const res = await fetch("/api/predict" + (withFeatures ? "?features=1" : ""), { method: "POST", body: form });
+    const res = await fetch("/api/predict", { method: "POST", body: form });
     const body = await res.json();
     if (!res.ok) {
-      $("status").textContent = body.error || res.statusText;
+      showError(body.error || res.statusText);
     } else if (drawn) {
       showPrediction(body);
       $("prediction").dataset.version = v;
-      if (withFeatures) {
-        showFeatures(body.features || []);
-        $("fm1").dataset.version = v;
-        if (sourceIsDrawing()) applyKernel();
+      if (final) {
+        setImage(body.image);
+        $("prediction").dataset.final = v;
+        if (cnnlab.view === "kernels-view" && sourceIsDrawing()) applyKernel();
       }
     }
   } catch (err) {
-    $("status").textContent = "request failed: " + err;
+    showError("request failed: " + err);
   } finally {
     inFlight = false;
     if (again) { again = false; requestPrediction(true); }
   }
 }
 
+function showError(message) {
+  $("status").textContent = message;
+  $("status").className = "error";
+}
+
+// ---- uploads: a file chosen or dropped goes through cnnlab predict's preparation -------------
+async function predictFile(file) {
+  if (!file) return;
+  const form = new FormData();
+  form.append("file", file, file.name || "image");
+  const v = ++version;
+  pad.dataset.version = v;
+  const res = await fetch("/api/predict", { method: "POST", body: form });
+  const body = await res.json();
+  if (!res.ok) { showError(`${file.name || "image"}: ${body.error || res.statusText}`); return; }
+  try {  // show the photo on the pad, scaled to fit: drawing on it then edits it
+    const bitmap = await createImageBitmap(file);
+    const s = Math.min(pad.width / bitmap.width, pad.height / bitmap.height);
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, pad.width, pad.height);
+    ctx.drawImage(bitmap, (pad.width - bitmap.width * s) / 2, (pad.height - bitmap.height * s) / 2,
+                  bitmap.width * s, bitmap.height * s);
+    drawn = true;
+  } catch (err) { /* a format the browser cannot draw: the prediction still stands */ }
+  showPrediction(body);
+  $("prediction").dataset.version = v;
+  $("prediction").dataset.final = v;
+  setImage(body.image);
+}
+
+$("photo").addEventListener("change", (e) => predictFile(e.target.files[0]));
+for (const type of ["dragenter", "dragover"]) {
+  pad.addEventListener(type, (e) => { e.preventDefault(); pad.classList.add("dropping"); });
+}
+pad.addEventListener("dragleave", () => pad.classList.remove("dropping"));
+pad.addEventListener("drop", (e) => {
+  e.preventDefault();
+  pad.classList.remove("dropping");
+  predictFile(e.dataTransfer.files[0]);
+});
+
 function showPrediction(r) {
   $("status").textContent = "";
+  $("status").className = "muted";
   $("prediction").textContent = r.label;
   $("prediction").dataset.class = r.prediction;
   $("confidence").textContent = (100 * r.probabilities[r.prediction]).toFixed(1) + "%";
@@ -152,26 +223,6 @@ function drawRGB(canvas, w, h, colourOf) {
   const img = c.createImageData(w, h);
   for (let i = 0; i < w * h; i++) img.data.set([...colourOf(i), 255], 4 * i);
   c.putImageData(img, 0, 0);
-}
-
-function showFeatures(layers) {
-  ["fm1", "fm2"].forEach((id, n) => {
-    const box = $(id);
-    box.replaceChildren();
-    const L = layers[n];
-    if (!L) { $(id + "-shape").textContent = "(this model has no such convolution layer)"; return; }
-    $(id + "-shape").textContent = `(${L.module}: ${L.channels} maps of ${L.height}×${L.width})`;
-    const bytes = Uint8Array.from(atob(L.data), (ch) => ch.charCodeAt(0));
-    const size = L.height * L.width;
-    for (let c = 0; c < L.channels; c++) {
-      const fig = document.createElement("figure");
-      const cv = document.createElement("canvas");
-      cv.className = "pixelated";
-      drawRGB(cv, L.width, L.height, (i) => magma(bytes[c * size + i]));
-      fig.append(cv, document.createTextNode(`#${c} max ${L.max[c].toFixed(2)}`));
-      box.appendChild(fig);
-    }
-  });
 }
 
 async function showFilters() {
@@ -240,9 +291,13 @@ $("upload").addEventListener("change", () => {
 });
 
 // ---- start ----------------------------------------------------------------------------------
+Object.assign(cnnlab, { drawGray, drawRGB, diverging, magma });
+
 async function start() {
+  showView();
   const m = await (await fetch("/api/model")).json();
-  classes = m.classes;
+  classes = cnnlab.classes = m.classes;
+  cnnlab.model = m;
   const acc = m.test_accuracy != null ? `, test accuracy ${(100 * m.test_accuracy).toFixed(2)}%` : "";
   const params = m.parameters ? `, ${m.parameters.toLocaleString("en")} parameters` : "";
   $("model-info").textContent = `${m.model || "model"} on ${m.dataset || "?"}${params}${acc} — ${m.source}`;
