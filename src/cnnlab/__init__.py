@@ -7,7 +7,8 @@ cnnlab, or running `cnnlab --help`, is quick:
     summarize                                                                       (engine/)
     load, evaluate, train_ensemble, assemble, evaluate_ensemble, predict_files,
     load_classifier, export, compare                                                (runs/)
-    visualize, write_figures, check_figures_out, run_files, report, gallery, invariance                           (see/)
+    visualize, write_figures, check_figures_out, run_files, report, gallery,
+    invariance, code                                                                (see/)
     create_app, serve                                                               (web/)
 
 The layout: lecture/ holds the lecture's lessons, engine/ trains, runs/ does everything with a
@@ -42,6 +43,7 @@ _API = {
     "report": ("cnnlab.see.report", "build"),
     "gallery": ("cnnlab.see.gallery", "draw"),
     "invariance": ("cnnlab.see.invariance", "measure"),
+    "code": ("cnnlab.see.code", "sections"),
     "create_app": ("cnnlab.web.serve", "create_app"),
     "serve": ("cnnlab.web.serve", "serve"),
 }

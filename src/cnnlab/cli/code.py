@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
-import textwrap
-from pathlib import Path
+import cnnlab
 
-from ..engine import models
-from ..engine.models import get_spec, model_names
-from ..engine.train import _Run
+from ..engine.config import MODELS
 from . import COMMANDS, add_json_flag, print_json
 
 
@@ -18,30 +14,13 @@ def add_parser(sub) -> None:
                                    "class (default simple_cnn, the lecture's CNN) and the training step every "
                                    "recipe runs for each batch (forward, loss, backward, optimiser step).")
     p.add_argument("model", nargs="?", default="simple_cnn", metavar="MODEL",
-                   help=f"one of: {', '.join(model_names())} (default simple_cnn)")
+                   help=f"one of: {', '.join(MODELS)} (default simple_cnn)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
-def section(title: str, obj, called: str) -> dict:
-    """A class's or function's source as it is in the installed package, with where it is."""
-    lines, first = inspect.getsourcelines(obj)
-    package = Path(inspect.getsourcefile(models)).parents[1]
-    path = Path(inspect.getsourcefile(obj)).resolve().relative_to(package.parent.resolve())
-    return {"title": title, "file": path.as_posix(), "first_line": first, "last_line": first + len(lines) - 1,
-            "name": obj.__qualname__, "called": called, "source": textwrap.dedent("".join(lines))}
-
-
-def sections(model: str) -> list[dict]:
-    cls = getattr(models, get_spec(model).cls)
-    return [section(f"The model: {model}", cls, f"cnnlab.build_model('{model}') builds it; its forward() "
-                                                  "maps a batch [N, 1, 28, 28] to [N, 10] scores"),
-            section("One training step", _Run._step, "the training loop (_Run.loop) calls it for every batch "
-                                                    "of every recipe; the optimiser is Adam, AdamW or SGD")]
-
-
 def run(args) -> int:
-    parts = sections(args.model)
+    parts = cnnlab.code(args.model)
     if args.json:
         print_json({"model": args.model, "sections": parts})
         return 0
