@@ -29,12 +29,14 @@ SCOPE = {"summarize": "cnnlab.engine.summary", "lecture": "cnnlab.lecture.params
          "conv2d_layer": "cnnlab.lecture.conv", "apply": "cnnlab.lecture.kernels", "get": "cnnlab.lecture.kernels",
          "pool2d": "cnnlab.lecture.pool", "compare": "cnnlab.runs.compare", "render": "cnnlab.see.visualize",
          "write": "cnnlab.see.visualize", "build": "cnnlab.see.report", "load_classifier": "cnnlab.runs.predict",
-         "predict_files": "cnnlab.runs.predict", "to_mnist": "cnnlab.runs.predict", "open_image": "cnnlab.runs.predict"}
+         "predict_files": "cnnlab.runs.predict", "to_mnist": "cnnlab.runs.predict", "open_image": "cnnlab.runs.predict",
+         "conv_json": "cnnlab.lecture.conv", "pool_json": "cnnlab.lecture.pool", "unit_field": "cnnlab.engine.summary",
+         "windows": "cnnlab.engine.summary"}
 
 
 def scope(images: np.ndarray) -> dict:
     return {**{name: getattr(import_module(module), name) for name, module in SCOPE.items()},
-            "np": np, "images_uint8": images}
+            "np": np, "nn": torch.nn, "images_uint8": images}
 
 
 @pytest.fixture
