@@ -201,7 +201,11 @@ def test_7_divergence_stops_at_its_step_and_nan_never_reaches_a_file_or_an_answe
     step = int(err.split(", step ")[1].split("/")[0])
     assert 1 <= step <= 20 and "lower --lr (it is 100)" in err
     assert f"{run_dir} holds its settings but no checkpoint yet" in err
-    assert sorted(p.name for p in run_dir.iterdir()) == [folder.CONFIG]  # nothing NaN was written
+    # Nothing NaN was written: no weights, no checkpoint, and the history (a picture of training)
+    # is strict JSON (a non-finite loss is recorded as null).
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([folder.CONFIG, folder.HISTORY])
+    for line in (run_dir / folder.HISTORY).read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in history.jsonl"))
 
     # Non-finite weights are refused on load; huge finite ones (infinite outputs) never give "nan%".
     digit = tmp_path / "digit.png"
@@ -340,7 +344,7 @@ def test_12_an_ensemble_killed_before_its_members_first_checkpoints_resumes(data
     for member in ("member-1", "member-2"):
         assert same_tensors(weights_of(killed / member), weights_of(straight / member))
         assert sorted(p.name for p in (killed / member).iterdir()) == sorted(
-            [folder.CONFIG, folder.METRICS, checkpoint.CHECKPOINT, folder.WEIGHTS])
+            [folder.CONFIG, folder.METRICS, folder.HISTORY, checkpoint.CHECKPOINT, folder.WEIGHTS])
 
 
 def test_12_torchrun_checkpoint_in_one_process_float_labels_and_orphaned_temporaries(finished, tmp_path, capsys):
@@ -367,4 +371,4 @@ def test_12_torchrun_checkpoint_in_one_process_float_labels_and_orphaned_tempora
     code, _, err = run_main(capsys, "train", "--resume", orphans, *DATA)
     assert code == 0, err
     assert sorted(p.name for p in orphans.iterdir()) == sorted(
-        [folder.CONFIG, folder.METRICS, checkpoint.CHECKPOINT, folder.WEIGHTS, "notes.tmp"])
+        [folder.CONFIG, folder.METRICS, folder.HISTORY, checkpoint.CHECKPOINT, folder.WEIGHTS, "notes.tmp"])

@@ -203,7 +203,7 @@ def test_folder_symlink_loops_read_each_image_once_and_an_empty_path_is_refused(
         (root / c / "sub" / "loop").symlink_to("..")       # a -> a/sub/loop -> a ...
         (root / c / "sub" / "up").symlink_to("../..")      # a second loop through the other class
     os.mkfifo(root / "a" / "sub" / "pipe.png")             # never opened (it would wait forever)
-    script = ("import json; from cnnlab.engine import data; s = [data.load('folder:%s', k, val_split=0.25) "
+    script = ("import json; from cnnlab.engine import data; s = [data.load('folder:%s', k, test_split=0.25) "
               "for k in ('train', 'test')]; print(json.dumps([[x.labels.tolist(), [img.tobytes().hex() for img "
               "in x.images.numpy()]] for x in s]))" % root)
     # In a subprocess with a time limit: before, two loops walked for over 5 minutes.
@@ -216,7 +216,7 @@ def test_folder_symlink_loops_read_each_image_once_and_an_empty_path_is_refused(
     # `folder:` with nothing after it never means the current folder (which here holds classes).
     monkeypatch.chdir(root)
     with pytest.raises(DataError, match="path is empty"):
-        data.load("folder:", "train", val_split=0.25)
+        data.load("folder:", "train", test_split=0.25)
 
 
 # --- 9. only regular files are read ------------------------------------------------------------------
