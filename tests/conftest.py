@@ -105,7 +105,6 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
-@contextmanager
 def free_port() -> int:
     """A loopback port nobody listens on now."""
     with socket.socket() as s:
@@ -113,6 +112,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
 def serving(run_dir, log_path: Path):
     """`python -m cnnlab serve RUN_DIR` on a free loopback port, as a user starts it: yields its URL."""
     port = free_port()
