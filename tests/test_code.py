@@ -16,7 +16,7 @@ def test_prints_simple_cnn_and_the_training_step(capsys):
     code, out, err = run_main(capsys, "code")
     assert code == 0, err
     model_part, step_part = out.split("# One training step")
-    assert model_part.startswith("# The model: simple_cnn - cnnlab/engine/models.py, lines ")
+    assert model_part.startswith("# The model: simple_cnn - cnnlab/engine/models.py (SimpleCNN)")
     # The printed class is a working network: the lecture's 206,922 parameters, 10 scores per image.
     source = model_part[model_part.index("class SimpleCNN"):]
     scope = {"nn": nn, "torch": torch}

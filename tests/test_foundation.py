@@ -24,8 +24,8 @@ def test_one_epoch_on_6000_images_reaches_95_percent(quick_run):
 
 def test_run_folder_holds_weights_config_and_metrics(quick_run):
     run_dir = quick_run.run_dir
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.safetensors", "config.json", "metrics.jsonl",
-                                                     "model.safetensors"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.safetensors", "config.json", "history.jsonl",
+                                                     "metrics.jsonl", "model.safetensors"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model"] == "simple_cnn" and config["dataset"] == "mnist"
     assert config["normalization"] == {"mean": 0.5, "std": 0.5}

@@ -25,7 +25,8 @@ def run(args) -> int:
         print_json({"model": args.model, "sections": parts})
         return 0
     for i, s in enumerate(parts):
-        print(("\n" if i else "") + f"# {s['title']} - {s['file']}, lines {s['first_line']}-{s['last_line']} "
-              f"({s['name']})\n# {s['called']}\n")
+        # (No line numbers here: the walk in docs/lecture.md prints this, and must not go stale
+        # each time the file is edited; --json has them.)
+        print(("\n" if i else "") + f"# {s['title']} - {s['file']} ({s['name']})\n# {s['called']}\n")
         print(s["source"].rstrip())
     return 0

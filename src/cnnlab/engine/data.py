@@ -295,7 +295,7 @@ def image_files(root: Path, classes: list) -> tuple[list[tuple[str, int]], list[
         st = os.stat(path)
         return st.st_dev, st.st_ino
 
-    seen_dirs = {key(root), *(key(root / c) for c in classes)}
+    seen_dirs = {key(root), *(key(root / c) for c in classes if (root / c).is_dir())}
     seen_files, found, skipped = {}, [], []
     for label, c in enumerate(classes):
         walked = []
