@@ -92,6 +92,7 @@ def last_step(run_dir: Path) -> int:
 
 def start_training(page, server):
     page.goto(server + "/")
+    page.click("#nav a[data-view='train-view']")  # the Train tab, as a user opens it
     page.wait_for_function("document.querySelector('#train-dataset').options.length > 0")
     page.select_option("#train-recipe", "lecture")
     page.select_option("#train-model", "simple_cnn")
@@ -127,6 +128,7 @@ def test_train_stop_resume_and_explore_from_the_page(server, root, browser, tmp_
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server + "/")
+    page.click("#nav a[data-view='train-view']")
     page.wait_for_function("Number(document.querySelector('#train-view').dataset.updates || 0) >= 3", timeout=LIVE)
     assert (page.input_value("#train-epochs"), page.input_value("#train-limit")) == ("3", "2000")  # what it runs with
     deadline = time.monotonic() + 120
@@ -191,6 +193,7 @@ def test_train_stop_resume_and_explore_from_the_page(server, root, browser, tmp_
 
     phone = browser.new_page(viewport={"width": 390, "height": 844})
     phone.goto(server + "/")
+    phone.click("#nav a[data-view='runs-view']")
     phone.wait_for_selector(f"#runs-table tr[data-run='{run}']")
     phone.click(f"#runs-table tr[data-run='{run}'] button.link")
     phone.wait_for_function(f"document.querySelector('#runs-view').dataset.open === '{run}'", timeout=LIVE)
@@ -213,6 +216,7 @@ def test_move_the_drawing_and_find_the_smallest_change_that_flips_it(server, bro
     for x, y in pts[1:]:
         page.mouse.move(box["x"] + x, box["y"] + y, steps=8)
     page.mouse.up()
+    page.click("#nav a[data-view='robust-view']")  # the Robustness tab
     page.click("#robust-take")
     page.wait_for_function("document.querySelector('#robust-view').dataset.transform")
     assert page.inner_text("#robust-prediction") == "7"

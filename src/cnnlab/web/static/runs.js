@@ -275,7 +275,7 @@
 
   document.addEventListener("cnnlab:open-run", async (e) => {
     await load();
-    view.scrollIntoView({ block: "start" });
+    location.hash = "#runs";  // the Runs tab (app.js shows the view the address names)
     open(e.detail.run);
   });
   load();
