@@ -252,6 +252,10 @@ def _pooling_steps(page):
     page.fill("#s-input", matrix)
     page.fill("#s-size", "3")
     page.fill("#s-stride", "1")
+    page.wait_for_function("document.querySelector('#s-counter').textContent.endsWith(' of 9')")
+    if page.locator("#s-play").inner_text().strip() == "Pause":  # (a slow machine: still playing)
+        page.click("#s-play")
+    page.click("#s-reset")
     page.wait_for_function("document.querySelector('#s-counter').textContent === 'step 1 of 9'")
     for mode in ("max", "avg"):
         page.select_option("#s-mode", mode)
