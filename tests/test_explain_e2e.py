@@ -273,7 +273,7 @@ def test_every_view_fits_a_phone(servers, browser, shots):
     click_unit(page, 4, 5, 7, 3)
     for view in ("draw", "network", "slide", "kernels", "train", "runs"):
         page.click(f"#nav a[href='#{view}']")
-        assert page.locator(f"#{view}-view").is_visible() or view in ("train", "runs")
+        page.locator(f"#{view}-view").wait_for(state="visible", timeout=10_000)  # (the hash change is async)
         page.wait_for_timeout(100)
         # (A mobile browser widens its layout viewport to fit wide content: compare with the screen.)
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], view

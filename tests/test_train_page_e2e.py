@@ -96,7 +96,8 @@ def start_training(page, server):
     page.wait_for_function("document.querySelector('#train-dataset').options.length > 0")
     page.select_option("#train-recipe", "lecture")
     page.select_option("#train-model", "simple_cnn")
-    for field, value in [("#train-epochs", "3"), ("#train-limit", "2000"), ("#train-limit-test", "500"),
+    # 12 epochs: long enough on a quiet machine that Stop comes before the end.
+    for field, value in [("#train-epochs", "12"), ("#train-limit", "2000"), ("#train-limit-test", "500"),
                          ("#train-snapshots", "4")]:
         page.fill(field, value)
     page.click("#train-start")
@@ -130,7 +131,7 @@ def test_train_stop_resume_and_explore_from_the_page(server, root, browser, tmp_
     page.goto(server + "/")
     page.click("#nav a[data-view='train-view']")
     page.wait_for_function("Number(document.querySelector('#train-view').dataset.updates || 0) >= 3", timeout=LIVE)
-    assert (page.input_value("#train-epochs"), page.input_value("#train-limit")) == ("3", "2000")  # what it runs with
+    assert (page.input_value("#train-epochs"), page.input_value("#train-limit")) == ("12", "2000")  # what it runs with
     deadline = time.monotonic() + 120
     while last_step(run_dir) <= max(seen, 40) and time.monotonic() < deadline:  # (40 of 96 steps: a curve to show)
         time.sleep(0.1)
@@ -146,13 +147,13 @@ def test_train_stop_resume_and_explore_from_the_page(server, root, browser, tmp_
     resumed = run_cli("train", "--resume", run_dir)
     assert resumed.returncode == 0, resumed.stderr
     metrics = folder.read_metrics(run_dir)
-    assert [m["epoch"] for m in metrics] == [1, 2, 3] and (run_dir / folder.WEIGHTS).is_file()
+    assert [m["epoch"] for m in metrics] == list(range(1, 13)) and (run_dir / folder.WEIGHTS).is_file()
 
     # The run browser: the run is finished, with its accuracy; open it.
     page.click("#train-open-run")
     page.wait_for_function(f"document.querySelector('#runs-view').dataset.open === '{run}'", timeout=LIVE)
     row = page.locator(f"#runs-table tr[data-run='{run}']").inner_text()
-    assert f"{100 * metrics[-1]['test_accuracy']:.2f}%" in row and "3/3" in row
+    assert f"{100 * metrics[-1]['test_accuracy']:.2f}%" in row and "12/12" in row
     assert page.locator("#confusion button").count() == 100
 
     # A confusion cell opens its test images, each drawn with its Grad-CAM overlay.
