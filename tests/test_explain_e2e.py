@@ -286,7 +286,10 @@ def test_every_view_fits_a_phone(servers, browser, shots):
             page.screenshot(path=str(shots / f"{view}-phone.png"), full_page=True)
     # The layers scroll sideways inside their strip, not the page.
     page.click("#nav a[href='#network']")
-    assert page.evaluate("document.querySelector('#net-strip').scrollWidth > document.querySelector('#net-strip').clientWidth")
+    page.locator("#network-view").wait_for(state="visible", timeout=10_000)  # (the hash change is async)
+    strip = "document.querySelector('#net-strip')"
+    page.wait_for_function(f"{strip}.clientWidth > 0", timeout=10_000)
+    assert page.evaluate(f"{strip}.scrollWidth > {strip}.clientWidth")
     context.close()
 
 

@@ -110,7 +110,8 @@ def test_draw_in_real_browser(server, browser, tmp_path):
 
     # The Kernels view: the playground runs on the drawing (a Sobel edge map of it).
     page.click("#nav a[href='#kernels']")
-    assert page.locator("#draw-view").is_hidden() and page.locator("#kernels-view").is_visible()
+    page.locator("#kernels-view").wait_for(state="visible", timeout=10_000)  # (the hash change is async)
+    assert page.locator("#draw-view").is_hidden()
     page.select_option("#kernel", "sobel-x")
     page.wait_for_function("document.querySelector('#kernel-status').textContent.includes('sobel-x')")
     assert page.locator("#k-out").bounding_box()["width"] == 240

@@ -52,8 +52,11 @@
     $("s-status").textContent = "";
     $("s-status").className = "muted";
     data = answer;
-    if (!s.input) { s.input = matrixText(data.input); $("s-input").value = s.input; }
-    if (op === "conv" && !s.kernel) { s.kernel = matrixText(data.kernel); $("s-kernel").value = s.kernel; }
+    // Fill in the example only where the field is still empty: what was typed while this answer
+    // was on its way is kept (its own request follows).
+    const fill = (key, value) => { s[key] = value; if (!$(FIELDS[key]).value.trim()) $(FIELDS[key]).value = value; };
+    if (!s.input) fill("input", matrixText(data.input));
+    if (op === "conv" && !s.kernel) fill("kernel", matrixText(data.kernel));
     step = 0;
     render();
     $("slide-view").dataset.ready = String(Date.now());
