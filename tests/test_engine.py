@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -145,16 +146,11 @@ def busy_cores():
         p.wait()
 
 
-def test_beside_busy_jobs_threads_sleep_at_once_and_their_count_is_timed(busy_cores, data_dir, tmp_path, monkeypatch):
-    # Beside busy processes, threads spinning at OpenMP's barriers starve (cpus.py, docs/benchmarks.md):
-    # the command line makes them sleep at once, and the engine keeps the faster thread count.
-    assert 0 <= cpus.idle_cpus() <= cpus.cores() - 1.5  # two cores' worth of work was seen
-    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
-        monkeypatch.delenv(name, raising=False)
-    assert cpus.wait_policy("train") == {"OMP_WAIT_POLICY": "passive"}
-    assert cpus.wait_policy("conv") == {"GOMP_SPINCOUNT": "10000"}  # commands that train little keep the spin
-    monkeypatch.setenv("GOMP_SPINCOUNT", "500")
-    assert cpus.wait_policy("train") == {}  # the user's own setting stands
+def test_beside_busy_jobs_the_thread_count_is_timed(busy_cores, data_dir, tmp_path, monkeypatch):
+    # Beside busy processes, threads waiting at OpenMP's barriers for each other starve, or not,
+    # depending on the other jobs (cpus.py, docs/benchmarks.md): the engine times the counts.
+    cores = len(os.sched_getaffinity(0))
+    assert 0 <= cpus.idle_cpus() <= cores - 1.5 and cpus.free_cores() <= cores - 2  # two cores' worth of work seen
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     lines = []
     small = dict(model="best_cnn", epochs=1, limit_train=640, limit_test=100, seed=5, data_dir=data_dir, progress=False)

@@ -14,7 +14,6 @@ import sys
 from importlib import import_module
 
 from .. import __version__
-from ..engine import cpus
 from ..engine.config import SettingError
 from ..errors import CnnlabError
 
@@ -96,21 +95,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def tune_process(command: str | None = None) -> None:
+def tune_process() -> None:
     """Process-wide settings for the command line; Python API users may set them the same way.
 
-    How PyTorch's OpenMP threads wait for each other (engine/cpus.py: a short spin, or for a
-    training on cores other jobs are using, sleeping at once). It must be set before torch is first
-    imported (once it is, nothing is changed); a value the user set wins.
+    PyTorch's OpenMP threads (libgomp) spin ~300,000 iterations before sleeping; on cores shared
+    with other jobs that starves everyone (2-core VM at load ~8: 200-400 img/s by default,
+    1,600-2,500 img/s with a spin count of 10,000; on idle cores the short spin costs 10-25% at 2
+    threads, sleeping at once more: docs/benchmarks.md). It must be set before torch is first
+    imported; a value the user set wins.
     """
-    if "torch" not in sys.modules:
-        os.environ.update(cpus.wait_policy(command))
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_process()
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    tune_process(command if "--help" not in argv and "-h" not in argv else None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if not args.command:

@@ -1,17 +1,15 @@
-"""How a training shares the CPU cores with other jobs: which cores are idle, how PyTorch's threads
-wait for each other, how many of them to use. No torch here: the command line sets the wait
-policy before PyTorch loads, and the training engine picks the threads (engine/train.py).
+"""How busy the CPU cores are: what the training engine looks at before choosing its threads.
 
 Why it matters (docs/benchmarks.md, "Training beside other jobs", has the measurements). PyTorch
 runs each operation on all its threads, which meet at a barrier after it, and these networks'
-operations take tens of microseconds. On idle cores, 2 threads that spin briefly at the barrier
-(GOMP_SPINCOUNT=10000) are fastest; threads that sleep at once (OMP_WAIT_POLICY=passive) lose
-22-25% to the wake-ups. Beside jobs that keep the cores busy, a spinning thread waits at nearly
-every barrier for a partner the scheduler has put aside for a whole time slice: 2 such threads
-trained 2-5x slower than 1. Threads that sleep at once are woken promptly instead, and beside
-busy loops 2 of them beat 1 thread by 2-2.5x; beside other PyTorch jobs 1 thread was faster.
-So on a busy machine the command line makes threads sleep at once, and the engine times a few
-steps with each thread count and keeps the faster.
+operations take tens of microseconds. Beside jobs that keep the cores busy, a thread mostly waits
+at the barrier for a partner the scheduler has put aside for a whole time slice: with 2 busy
+processes on 2 cores, 2 threads trained 1.2-2x slower than 1 thread (and up to 4.4x slower when
+other users' jobs were running too), while on idle cores 2 threads were 1.1-1.7x faster. Which
+wins depends on what the other jobs do, so the engine (engine/train.py) times both when the cores
+are busy. Making the threads sleep at once instead of spinning (OMP_WAIT_POLICY=passive) did not
+help: beside busy processes 1 thread stayed faster, and on idle cores it cost 2 threads 11-64%.
+No torch here.
 """
 
 from __future__ import annotations
@@ -20,9 +18,6 @@ import os
 import time
 
 IDLE_WINDOW = 0.2  # seconds of /proc/stat watched
-
-# The commands whose long CPU-bound loops the wait policy is chosen for (the others keep the spin).
-TRAINING_COMMANDS = ("train", "compare")
 
 
 def idle_cpus(window: float = IDLE_WINDOW) -> float | None:
@@ -60,23 +55,3 @@ def free_cores() -> int | None:
     """Cores other jobs leave free right now (a core counts when idle 80% of the time); None: unknown."""
     idle = idle_cpus()
     return None if idle is None else int(idle + 0.2)
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # (not Linux)
-        return os.cpu_count() or 1
-
-
-def wait_policy(command: str | None) -> dict:
-    """The OpenMP environment the command line sets before PyTorch loads (nothing when the user set
-    their own): threads that sleep at once for a training on cores other jobs are using, else a
-    short spin (libgomp's default spins ~300,000 times, which starves shared cores)."""
-    if any(os.environ.get(name) for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
-        return {}
-    if command in TRAINING_COMMANDS:
-        free = free_cores()
-        if free is not None and free < cores():
-            return {"OMP_WAIT_POLICY": "passive"}
-    return {"GOMP_SPINCOUNT": "10000"}

@@ -104,7 +104,7 @@ class TrainResult:
     parameters: int = 0
     model: torch.nn.Module | None = None
     precision: str = "fp32"
-    threads: int = 0                      # CPU threads used (--threads, else the cores idle at the start)
+    threads: int = 0                      # CPU threads used (_Run._pick_threads)
     train_seconds: float = 0.0            # training + periodic evaluation, excluding data loading
     target_seconds: float | None = None   # when --target-accuracy was met: seconds to get there
     target_images: int | None = None      # ... and the training images seen until then
