@@ -146,18 +146,18 @@ def busy_cores():
         p.wait()
 
 
-def test_beside_busy_jobs_the_thread_count_is_timed(busy_cores, data_dir, tmp_path, monkeypatch):
-    # Beside busy processes, threads waiting at OpenMP's barriers for each other starve, or not,
-    # depending on the other jobs (cpus.py, docs/benchmarks.md): the engine times the counts.
+def test_beside_busy_jobs_a_training_uses_only_the_free_cores(busy_cores, data_dir, tmp_path, monkeypatch):
+    # Beside busy processes, threads waiting at OpenMP's barriers for a partner the scheduler put
+    # aside train slower than fewer threads (cpus.py, docs/benchmarks.md).
     cores = len(os.sched_getaffinity(0))
     assert 0 <= cpus.idle_cpus() <= cores - 1.5 and cpus.free_cores() <= cores - 2  # two cores' worth of work seen
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    lines = []
-    small = dict(model="best_cnn", epochs=1, limit_train=640, limit_test=100, seed=5, data_dir=data_dir, progress=False)
-    timed = cnnlab.train(**small, out=tmp_path / "timed", log=lines.append)
-    assert "(timed: other jobs are using the cores)" in lines[0] and 1 <= timed.threads <= torch.get_num_threads()
-    assert json.loads((tmp_path / "timed" / "config.json").read_text())["threads"] == {"asked": None, "used": timed.threads}
-    # Timing the steps on a copy left the training untouched: the same as asking for that count.
-    asked = cnnlab.train(**small, threads=timed.threads, save=False, log=None)
-    for a, b in zip(timed.model.state_dict().values(), asked.model.state_dict().values()):
-        assert torch.equal(a, b)
+    lines, before = [], torch.get_num_threads()
+    result = cnnlab.train(model="lenet5", epochs=1, limit_train=640, limit_test=100, data_dir=data_dir,
+                          out=tmp_path / "r", progress=False, log=lines.append)
+    assert 1 <= result.threads <= max(1, cores - 2), (result.threads, cores)
+    if result.threads < before:  # (a machine with more cores than PyTorch uses may need no cut)
+        assert lines[0].startswith("other jobs kept ") and f"training with {result.threads} thread" in lines[0]
+    assert f", {result.threads} thread" in next(line for line in lines if line.startswith("training "))
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["threads"] == {"asked": None, "used": result.threads}
+    assert torch.get_num_threads() == before  # the caller's process as it was

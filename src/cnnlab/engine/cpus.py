@@ -2,14 +2,16 @@
 
 Why it matters (docs/benchmarks.md, "Training beside other jobs", has the measurements). PyTorch
 runs each operation on all its threads, which meet at a barrier after it, and these networks'
-operations take tens of microseconds. Beside jobs that keep the cores busy, a thread mostly waits
-at the barrier for a partner the scheduler has put aside for a whole time slice: with 2 busy
-processes on 2 cores, 2 threads trained 1.2-2x slower than 1 thread (and up to 4.4x slower when
-other users' jobs were running too), while on idle cores 2 threads were 1.1-1.7x faster. Which
-wins depends on what the other jobs do, so the engine (engine/train.py) times both when the cores
-are busy. Making the threads sleep at once instead of spinning (OMP_WAIT_POLICY=passive) did not
-help: beside busy processes 1 thread stayed faster, and on idle cores it cost 2 threads 11-64%.
-No torch here.
+operations take tens of microseconds. Beside jobs that keep cores busy, a thread mostly waits at
+the barrier for a partner the scheduler has put aside for a whole time slice: with 2 busy
+processes on 2 cores, 2 threads trained 1.2-2x slower than 1 thread (up to 4.4x slower when
+other users' jobs were running too), while on idle cores 2 threads were 1.1-1.7x faster. So a
+training uses only the cores other jobs leave free when it starts (engine/train.py). Tried and
+dropped: timing a few steps with each thread count (short alternating samples flatter the larger
+count: a thread that slept through the other count's steps is scheduled at once when it wakes;
+in whole trainings beside busy processes it picked 2 threads half the time, at half the speed of
+1), and OMP_WAIT_POLICY=passive (it cost 2 threads 11-64% on idle cores and never beat 1 thread
+beside busy processes at 2-3 load). No torch here.
 """
 
 from __future__ import annotations

@@ -15,9 +15,7 @@ with early stopping on a validation split, and under torchrun as one of several 
 
 from __future__ import annotations
 
-import copy
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -39,8 +37,6 @@ from .processes import StopRequest, interrupted, resolve_device, resolve_precisi
 # Training images a model's init_from_data sees (the first ones: no randomness). For fast_cnn's
 # whitened first conv, 2,000 MNIST images give 392,000 patches, and 10,000 the same accuracy.
 INIT_SAMPLE = 2000
-# On cores other jobs are using: forward-backward steps timed per thread count (after a warm-up).
-PROBE_STEPS = 3
 
 
 def _fused(params) -> dict:
@@ -216,7 +212,7 @@ class _Run:
         if hasattr(self.model, "init_from_data"):  # (resuming loads these layers again)
             sample = self.train_split.images[:INIT_SAMPLE].to(self.device)
             self.model.init_from_data(data.normalize(sample, self.info.mean, self.info.std))
-        self.threads, self.threads_timed = self._pick_threads(threads)
+        self.threads = self._pick_threads(threads)
         torch.set_num_threads(self.threads)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = OPTIMIZERS[cfg.optimizer](self.trainable, cfg)
@@ -255,37 +251,20 @@ class _Run:
         # On a GPU the whole uint8 training set (47 MB for MNIST) moves once; batches are sliced there.
         self.images, self.labels = train_split.images.to(self.device), train_split.labels.to(self.device)
 
-    def _pick_threads(self, asked: int | None) -> tuple[int, bool]:
-        """(intra-op threads, whether they were timed): --threads (or a resumed run's count); else
-        PyTorch's choice on idle cores, on a GPU, under torchrun or with OMP_NUM_THREADS set; else,
-        with other jobs on the cores, the faster of the free cores' count and PyTorch's (cpus.py
-        says why neither is always right)."""
+    def _pick_threads(self, asked: int | None) -> int:
+        """Intra-op threads: --threads (or a resumed run's count);
+        PyTorch's choice on a GPU, under torchrun or with OMP_NUM_THREADS set; else PyTorch's choice
+        cut to the cores other jobs leave free when training starts, at least 1 (cpus.py says why)."""
         default = torch.get_num_threads()
         if asked or default == 1 or self.device.type != "cpu" or self.procs.world > 1 or \
                 os.environ.get("OMP_NUM_THREADS"):
-            return asked or default, False
+            return asked or default
         free = cpus.free_cores()
         if free is None or free >= default:
-            return default, False
-        return self._faster_threads(sorted({max(1, free), default})), True
-
-    def _faster_threads(self, candidates: list[int]) -> int:
-        """Time forward-backward steps of a copy of the model on the first batch with each thread
-        count, in turns; the copy and the restored random state leave the training untouched."""
-        model, n = copy.deepcopy(self.model).train(), min(self.cfg.batch_size, len(self.labels))
-        x = data.normalize(self.images[:n].unsqueeze(1).float(), self.info.mean, self.info.std)
-        x, y = x.contiguous(memory_format=self.memory_format), self.labels[:n]
-        rng, seconds = torch.random.get_rng_state(), {t: [] for t in candidates}
-        for rep in range(PROBE_STEPS + 1):
-            for t in candidates:
-                torch.set_num_threads(t)
-                start = time.perf_counter()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                    F.cross_entropy(model(x), y).backward()
-                if rep:  # the first turn warms up (oneDNN builds its kernels)
-                    seconds[t].append(time.perf_counter() - start)
-        torch.random.set_rng_state(rng)
-        return min(candidates, key=lambda t: statistics.median(seconds[t]))
+            return default
+        self.log(f"other jobs kept {default - free} of the {default} cores busy: training with "
+                 f"{max(1, free)} thread{'s' if free > 1 else ''} (--threads N to choose)")
+        return max(1, free)
 
     def _steps_per_epoch(self) -> int:
         # Under torchrun each process takes every world-th image of each global batch; the last,
@@ -462,7 +441,6 @@ class _Run:
                 + f"{len(self.test_split):,} test images, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, "
                 f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, device {self.device}, {self.precision}"
                 + (f", {self.threads} thread{'s' if self.threads != 1 else ''}" if self.device.type == "cpu" else "")
-                + (" (timed: other jobs are using the cores)" if self.threads_timed else "")
                 + (f", {self.procs.world} processes" if self.procs.world > 1 else "")
                 + (f", augment {cfg.augment}" if cfg.augment != "none" else "")
                 + (f", until {cfg.target_accuracy:.2%} test accuracy" if cfg.target_accuracy else ""))
