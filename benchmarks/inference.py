@@ -21,8 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # as the CLI does (cnnlab.cli.tune_process), before torch loads
-import cnnlab  # noqa: E402
 import torch  # noqa: E402
+
+import cnnlab  # noqa: E402
 
 
 def timed(fn, repeats: int) -> list[float]:

@@ -100,9 +100,8 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT / "tests"))
     sys.path.insert(0, str(ROOT / "src"))
-    from photos import restyle
-
     from cnnlab.runs.predict import open_image, to_mnist
+    from photos import restyle
     rng = np.random.default_rng(0)
     digit = np.zeros((28, 28), np.uint8)
     digit[6:22, 12:16] = 255

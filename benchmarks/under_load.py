@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def train(recipe: str, args, env: dict, out: Path) -> dict:
     result = json.loads(r.stdout)
     seen = sum(e["images_per_second"] * e["seconds"] for e in result["epochs"])
     return {"img_s": seen / sum(e["seconds"] for e in result["epochs"]), "process_s": took,
-            "accuracy": result["test_accuracy"], "load_at_start": load}
+            "accuracy": result["test_accuracy"], "threads": result.get("threads"), "load_at_start": load}
 
 
 def measure(args) -> dict:
@@ -77,7 +78,7 @@ def measure(args) -> dict:
                             p.wait()
                     last = runs[recipe, loaded][-1]
                     print(f"round {n + 1} {recipe:8s} {'loaded' if loaded else 'quiet ':6s} {last['img_s']:8,.0f} img/s "
-                          f"{last['process_s']:6.1f} s  (load average {last['load_at_start']:.1f} at start)",
+                          f"{last['process_s']:6.1f} s  {last['threads']} thread(s)  (load average {last['load_at_start']:.1f} at start)",
                           file=sys.stderr)
     return runs
 
@@ -93,6 +94,7 @@ def summary(runs: dict, args) -> list[dict]:
                      "loaded_process_s": round(l_s, 1), "process_slowdown": round(l_s / q_s, 2),
                      "quiet_img_s_all": [round(r["img_s"]) for r in quiet],
                      "loaded_img_s_all": [round(r["img_s"]) for r in loaded],
+                     "quiet_threads": [r["threads"] for r in quiet], "loaded_threads": [r["threads"] for r in loaded],
                      "load_average_at_starts": [round(r["load_at_start"], 1) for r in quiet + loaded]})
     return rows
 
@@ -108,6 +110,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=600, help="a busy process stops by itself after this long")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the busy processes are stopped on `kill` too
     if not Path(DATA_DIR, "MNIST", "raw").is_dir():
         raise SystemExit(f"MNIST not found in {DATA_DIR}; set CNNLAB_DATA_DIR (or run `cnnlab train` once)")
     rows = summary(measure(args), args)

@@ -124,8 +124,9 @@ def tune_process() -> None:
 
     PyTorch's OpenMP threads (libgomp) spin ~300,000 iterations before sleeping; on cores shared
     with other jobs that starves everyone (2-core VM at load ~8: 200-400 img/s by default,
-    1,600-2,500 img/s with a spin count of 10,000; docs/benchmarks.md). It must be set before torch
-    is first imported; a value the user set wins.
+    1,600-2,500 img/s with a spin count of 10,000; on idle cores the short spin costs 10-25% at 2
+    threads, sleeping at once more: docs/benchmarks.md). It must be set before torch is first
+    imported; a value the user set wins.
     """
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 

@@ -140,8 +140,9 @@ class TrainConfig:
     schedule: str = setting("constant", "learning-rate schedule", choices=tuple(SCHEDULES))
     seed: int = setting(0, "random seed; the same seed and thread count on a CPU give identical runs", low=0, high=MAX_SEED)
     device: str = setting("auto", "where to train", choices=tuple(DEVICES))
-    threads: int | None = setting(None, "CPU threads for PyTorch (default: the cores idle when training starts, "
-                                        "at most PyTorch's choice; a resume keeps the run's count)", low=1, high=1024)
+    threads: int | None = setting(None, "CPU threads for PyTorch (default: PyTorch's choice, cut to the cores other "
+                                        "jobs leave free when training starts; a resume keeps the run's count)",
+                                  low=1, high=1024)
     limit_train: int | None = setting(None, "train on the first N images only", low=1, metavar="N")
     limit_test: int | None = setting(None, "evaluate on the first N test images only", low=1, metavar="N")
     recipe: str = setting("lecture", "the named set of settings this run started from", cli=False)

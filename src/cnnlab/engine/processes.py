@@ -1,5 +1,4 @@
-"""Where and how a training runs: the device, the precision, the CPU threads, torchrun's
-processes, and signals.
+"""Where and how a training runs: the device, the precision, torchrun's processes, and signals.
 
 Under torchrun each of WORLD_SIZE processes joins one process group (gloo on CPUs, NCCL on CUDA
 GPUs) and takes its share of every global batch; rank 0 alone prints, evaluates and writes.
@@ -12,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from dataclasses import dataclass
 
 import torch
@@ -64,62 +62,6 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "bf16" and device.type == "mps":
         raise CnnlabError("--precision bf16 is not supported on MPS; use --precision fp32 or auto")
     return name
-
-
-# --- CPU threads ---------------------------------------------------------------------------------
-# PyTorch runs each operation on all cores, its OpenMP threads meeting at a barrier after each one.
-# These networks' operations take tens of microseconds, so when another job holds one of the cores,
-# nearly every barrier waits for a thread the scheduler has put aside for a whole time slice
-# (milliseconds): 2 threads beside 2 busy processes on 2 cores trained 5-100x slower than 1 thread
-# (docs/benchmarks.md, "Training beside other jobs"). One thread never waits for another. So
-# unless told, a training uses only the cores that were idle when it started.
-
-IDLE_WINDOW = 0.25  # seconds of /proc/stat watched before a training starts
-
-
-def idle_cpus(window: float = IDLE_WINDOW) -> float | None:
-    """How many of the CPUs this process may use sat idle over `window` seconds (idle and iowait
-    time over all time in /proc/stat, so other jobs, other users and a VM's steal count as busy).
-    None where /proc/stat is not there (not Linux)."""
-    try:
-        allowed = {f"cpu{i}" for i in os.sched_getaffinity(0)}
-        before = _cpu_times(allowed)
-        time.sleep(window)
-        after = _cpu_times(allowed)
-    except (OSError, AttributeError, ValueError):
-        return None
-    idle = 0.0
-    for cpu, (busy0, idle0) in before.items():
-        busy1, idle1 = after.get(cpu, (busy0, idle0))
-        total = (busy1 - busy0) + (idle1 - idle0)
-        idle += (idle1 - idle0) / total if total > 0 else 1.0
-    return idle
-
-
-def _cpu_times(allowed: set) -> dict:
-    """cpuN -> (busy, idle) jiffies since boot, for the allowed CPUs."""
-    out = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *values = line.split()
-            if name in allowed:
-                v = [int(x) for x in values[:8]]  # user nice system idle iowait irq softirq steal
-                out[name] = (v[0] + v[1] + v[2] + v[5] + v[6] + v[7], v[3] + v[4])
-    return out
-
-
-def choose_threads(asked: int | None, device: torch.device) -> int:
-    """The intra-op threads a training uses: `asked` (--threads) when given; else, on a CPU, the
-    cores idle right now (at least 1, at most PyTorch's own choice); OMP_NUM_THREADS, when set,
-    and GPUs keep PyTorch's choice."""
-    if asked:
-        return asked
-    default = torch.get_num_threads()
-    if device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
-        return default
-    idle = idle_cpus()
-    # A core counts as free when it was idle at least 80% of the window.
-    return default if idle is None else max(1, min(default, int(idle + 0.2)))
 
 
 @dataclass

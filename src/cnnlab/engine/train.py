@@ -16,6 +16,7 @@ with early stopping on a validation split, and under torchrun as one of several 
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -30,12 +31,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import CnnlabError, RunError
 from ..runs import folder
 from ..runs.inference import accuracy
-from . import augment, checkpoint, data
+from . import augment, checkpoint, cpus, data
 from .config import FOLDER, RESUME_MAY_CHANGE, TrainConfig, resume_flags
 from .models import build_model, count_parameters
 from .processes import (
     StopRequest,
-    choose_threads,
     env_rank,
     env_world,
     interrupted,
@@ -115,7 +115,7 @@ class TrainResult:
     parameters: int = 0
     model: torch.nn.Module | None = None
     precision: str = "fp32"
-    threads: int = 0                      # CPU threads used (--threads, else the cores idle at the start)
+    threads: int = 0                      # CPU threads used (_Run._pick_threads)
     train_seconds: float = 0.0            # training + periodic evaluation, excluding data loading
     target_seconds: float | None = None   # when --target-accuracy was met: seconds to get there
     target_images: int | None = None      # ... and the training images seen until then
@@ -303,8 +303,6 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, procs, data_dir, log, stop: StopRequest, threads: int | None = None):
         self.cfg, self.procs, self.log, self.device, self.stop = cfg, procs, log, procs.device, stop
-        self.threads = choose_threads(threads, self.device)
-        torch.set_num_threads(self.threads)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self._load_data(data_dir)
@@ -315,6 +313,8 @@ class _Run:
         if hasattr(self.model, "init_from_data"):  # (resuming loads these layers again)
             sample = self.train_split.images[:INIT_SAMPLE].to(self.device)
             self.model.init_from_data(data.normalize(sample, self.info.mean, self.info.std))
+        self.threads = self._pick_threads(threads)
+        torch.set_num_threads(self.threads)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = OPTIMIZERS[cfg.optimizer](self.trainable, cfg)
         # Same seeds on every process: shuffles agree (each takes its own slice of one order), and
@@ -360,6 +360,21 @@ class _Run:
                                   + "; use more images")
         # On a GPU the whole uint8 training set (47 MB for MNIST) moves once; batches are sliced there.
         self.images, self.labels = train_split.images.to(self.device), train_split.labels.to(self.device)
+
+    def _pick_threads(self, asked: int | None) -> int:
+        """Intra-op threads: --threads (or a resumed run's count);
+        PyTorch's choice on a GPU, under torchrun or with OMP_NUM_THREADS set; else PyTorch's choice
+        cut to the cores other jobs leave free when training starts, at least 1 (cpus.py says why)."""
+        default = torch.get_num_threads()
+        if asked or default == 1 or self.device.type != "cpu" or self.procs.world > 1 or \
+                os.environ.get("OMP_NUM_THREADS"):
+            return asked or default
+        free = cpus.free_cores()
+        if free is None or free >= default:
+            return default
+        self.log(f"other jobs kept {default - free} of the {default} cores busy: training with "
+                 f"{max(1, free)} thread{'s' if free > 1 else ''} (--threads N to choose)")
+        return max(1, free)
 
     def _steps_per_epoch(self) -> int:
         # Under torchrun each process takes every world-th image of each global batch; the last,
