@@ -4,6 +4,7 @@
     python benchmarks/startup.py --src /tmp/old/src    # another source tree (e.g. `git archive` of an
                                                        # older commit), for a before/after table
     python benchmarks/startup.py --rounds 15 --json
+    python benchmarks/startup.py --command "train --recipe fast --out {out}"   # any commands instead
 
 Each command is a fresh `python -m cnnlab ...` process (what the `cnnlab` script does), stdout to
 a pipe, timed from spawn to exit: interpreter start, imports and the work. The commands take turns
@@ -17,9 +18,11 @@ import argparse
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,16 +42,20 @@ COMMANDS = [
 
 
 def timed(args: list[str], env: dict) -> float:
-    start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "cnnlab", *args], env=env, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE)
-    took = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:  # {out}: a folder of its own for each run
+        args = [a.replace("{out}", str(Path(tmp) / "out")) for a in args]
+        start = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "cnnlab", *args], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+        took = time.perf_counter() - start
     if r.returncode:
         raise SystemExit(f"cnnlab {' '.join(args)} exited {r.returncode}:\n{r.stderr.decode()[-2000:]}")
     return took
 
 
 def loads_torch(args: list[str], env: dict) -> bool:
+    if any("{out}" in a for a in args):  # (a command that writes: it computes, so it loads torch)
+        return True
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "cnnlab", *args], env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return any(re.search(r"\|\s*torch$", line.rstrip()) for line in r.stderr.splitlines())
@@ -58,14 +65,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", default=str(ROOT / "src"), help="source tree holding cnnlab/ (default: this checkout's)")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--command", action="append", default=None, metavar="ARGS",
+                    help="a cnnlab command line to time instead of the default list (repeatable; "
+                         "{out} becomes a fresh folder for each run)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    commands = [shlex.split(c) for c in args.command] if args.command else COMMANDS
     env = {**os.environ, "PYTHONPATH": args.src}
     env.pop("COLUMNS", None)
-    times: dict[str, list[float]] = {" ".join(c): [] for c in COMMANDS}
+    times: dict[str, list[float]] = {" ".join(c): [] for c in commands}
     load_before = os.getloadavg()[0]
     for _ in range(args.rounds):
-        for c in COMMANDS:
+        for c in commands:
             times[" ".join(c)].append(timed(c, env))
     rows = [{"command": f"cnnlab {name}", "median_s": round(statistics.median(t), 3), "min_s": round(min(t), 3),
              "torch": loads_torch(name.split(), env)} for name, t in times.items()]

@@ -303,6 +303,7 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, procs, data_dir, log, stop: StopRequest, threads: int | None = None):
         self.cfg, self.procs, self.log, self.device, self.stop = cfg, procs, log, procs.device, stop
+        watch = cpus.Watch()  # (the cores are watched while the data loads and the network is built)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self._load_data(data_dir)
@@ -313,10 +314,10 @@ class _Run:
         if hasattr(self.model, "init_from_data"):  # (resuming loads these layers again)
             sample = self.train_split.images[:INIT_SAMPLE].to(self.device)
             self.model.init_from_data(data.normalize(sample, self.info.mean, self.info.std))
-        self.threads = self._pick_threads(threads)
-        torch.set_num_threads(self.threads)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = OPTIMIZERS[cfg.optimizer](self.trainable, cfg)
+        self.optimizer = OPTIMIZERS[cfg.optimizer](self.trainable, cfg)  # (torch.optim loads torch._dynamo: ~1 s)
+        self.threads = self._pick_threads(threads, watch)
+        torch.set_num_threads(self.threads)
         # Same seeds on every process: shuffles agree (each takes its own slice of one order), and
         # with equal shards the generators stay in step, so rank 0's states resume every rank.
         self.generators = {"shuffle": torch.Generator().manual_seed(cfg.seed),
@@ -361,7 +362,7 @@ class _Run:
         # On a GPU the whole uint8 training set (47 MB for MNIST) moves once; batches are sliced there.
         self.images, self.labels = train_split.images.to(self.device), train_split.labels.to(self.device)
 
-    def _pick_threads(self, asked: int | None) -> int:
+    def _pick_threads(self, asked: int | None, watch: cpus.Watch) -> int:
         """Intra-op threads: --threads (or a resumed run's count);
         PyTorch's choice on a GPU, under torchrun or with OMP_NUM_THREADS set; else PyTorch's choice
         cut to the cores other jobs leave free when training starts, at least 1 (cpus.py says why)."""
@@ -369,7 +370,7 @@ class _Run:
         if asked or default == 1 or self.device.type != "cpu" or self.procs.world > 1 or \
                 os.environ.get("OMP_NUM_THREADS"):
             return asked or default
-        free = cpus.free_cores()
+        free = watch.free_cores()
         if free is None or free >= default:
             return default
         self.log(f"other jobs kept {default - free} of the {default} cores busy: training with "
