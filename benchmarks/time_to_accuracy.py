@@ -3,6 +3,7 @@
     python benchmarks/time_to_accuracy.py            # lecture code + lecture/fast/best, 3 seeds each
     python benchmarks/time_to_accuracy.py --quick    # 1 seed each, best cut to 3 epochs
     python benchmarks/time_to_accuracy.py --only lecture-code,fast --seeds 3 --dataset fashion-mnist
+    python benchmarks/time_to_accuracy.py --cli lecture,fast   # also the whole `cnnlab train` processes
 
 Each run is a fresh child process, so its peak RSS is its own and nothing is warm from another
 run. Wall time is measured inside the child around everything the run does after the imports
@@ -115,12 +116,14 @@ def main(argv=None) -> int:
                    help="comma-separated rows: lecture-code, lecture, fast, best")
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for every child")
-    p.add_argument("--cli", action="store_true",
-                   help="also time each cnnlab row's whole `cnnlab train` process (a second run of each seed)")
+    p.add_argument("--cli", default="", metavar="ROWS",
+                   help="comma-separated cnnlab rows (e.g. lecture,fast) whose whole `cnnlab train` process is "
+                        "also timed, shell prompt to prompt (a second run of each seed)")
     p.add_argument("--json", action="store_true", help="also print all runs as JSON")
     args = p.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 3)
     rows = args.only.split(",")
+    cli_rows = [row for row in args.cli.split(",") if row]
 
     print(f"machine: {machine()}; GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', '10000')}, threads {args.threads or 'default'}", flush=True)
     results = {}
@@ -129,12 +132,13 @@ def main(argv=None) -> int:
         results[kind] = []
         for seed in range(seeds):
             r = run_child(kind, args.dataset, seed, extra, args.threads)
-            if args.cli:  # the lecture code's child is its whole process already
-                r["cli"] = r["process"] if kind == "lecture-code" else run_cli(kind, args.dataset, seed, extra,
-                                                                                 args.threads)
+            if kind == "lecture-code":  # its child is its whole process already
+                r["cli"] = r["process"]
+            elif kind in cli_rows:
+                r["cli"] = run_cli(kind, args.dataset, seed, extra, args.threads)
             results[kind].append(r)
             print(f"  {kind:13s} seed {seed}: {r['wall']:7.2f} s ({r['process']:.2f} s process"
-                  + (f", {r['cli']:.2f} s cnnlab train" if args.cli and kind != "lecture-code" else "")
+                  + (f", {r['cli']:.2f} s cnnlab train" if kind in cli_rows else "")
                   + f")  {r['accuracy']:.2%}  {r['rss_mib']:6.0f} MiB", flush=True)
 
     base = statistics.mean(r["wall"] for r in results["lecture-code"]) if "lecture-code" in results else None
@@ -150,11 +154,11 @@ def main(argv=None) -> int:
         speed_process = f"{base_process / process:8.1f}x" if base else "      -"
         print(f"{kind:14s} {wall:13.2f} {statistics.mean(accs):9.2%} {min(accs):8.2%} {speed:>9s} "
               f"{max(r['rss_mib'] for r in rs):6.0f} MiB {process:10.2f} {speed_process:>9s}")
-    if args.cli and "lecture-code" in results:
+    if cli_rows and "lecture-code" in results:
         base_cli = statistics.mean(r["cli"] for r in results["lecture-code"])
         print(f"\nwhole process, shell prompt to prompt (lecture's code: {base_cli:.2f} s)")
         for kind, rs in results.items():
-            if kind != "lecture-code":
+            if kind in cli_rows:
                 cli = statistics.mean(r["cli"] for r in rs)
                 print(f"  cnnlab train --recipe {kind}: {cli:.2f} s (slowest {max(r['cli'] for r in rs):.2f} s), "
                       f"{base_cli / cli:.1f}x")

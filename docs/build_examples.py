@@ -5,9 +5,10 @@
 
 A block is regenerated when the line before its opening fence is the marker below. Each line of
 the block that starts with `$ cnnlab ` is run (what follows ` # ` is a comment, kept), in one
-scratch folder per block so that relative paths such as runs/ start empty, with the data from
-$CNNLAB_DATA_DIR (else ./data); the lines up to the next `$` line are replaced by what it printed.
-The run folders it names are the scratch folder's, as a user would see them.
+scratch folder per page, so that relative paths such as runs/ start empty and a later block can
+use the runs an earlier one made; the data come from $CNNLAB_DATA_DIR (else ./data). The lines up
+to the next `$` line are replaced by what it printed, with the scratch folder's path left out
+(paths read as a user working in that folder sees them).
 """
 
 from __future__ import annotations
@@ -27,18 +28,19 @@ BLOCK = re.compile(re.escape(MARKER) + r"\n```\n(.*?)```\n", re.S)
 
 
 def run(line: str, cwd: str) -> str:
-    """What `$ cnnlab ...` prints (stdout and stderr, in order), as the user's terminal shows it."""
-    command = line[2:].split(" # ")[0]
+    """What `$ cnnlab ...` prints (stdout and stderr, in order), as the user's terminal shows it;
+    `... | head -N` keeps its first N lines."""
+    command, _, head = line[2:].split(" # ")[0].partition(" | head -")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "COLUMNS": "200"}
     p = subprocess.run([sys.executable, "-m", "cnnlab", *shlex.split(command)[1:]], cwd=cwd, env=env,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return p.stdout
+    out = p.stdout.replace(str(Path(cwd).resolve()) + os.sep, "").replace(cwd + os.sep, "")
+    return "".join(out.splitlines(keepends=True)[:int(head)]) if head else out
 
 
-def regenerate(block: str) -> str:
+def regenerate(block: str, cwd: str) -> str:
     commands = [line for line in block.splitlines() if line.startswith("$ cnnlab ")]
-    with tempfile.TemporaryDirectory() as tmp:
-        return "".join(f"{line}\n{run(line, tmp)}" for line in commands)
+    return "".join(f"{line}\n{run(line, cwd)}" for line in commands)
 
 
 def main() -> int:
@@ -48,7 +50,8 @@ def main() -> int:
     changed = 0
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         text = path.read_text()
-        new = BLOCK.sub(lambda m: f"{MARKER}\n```\n{regenerate(m.group(1))}```\n", text)
+        with tempfile.TemporaryDirectory() as tmp:
+            new = BLOCK.sub(lambda m: f"{MARKER}\n```\n{regenerate(m.group(1), tmp)}```\n", text)
         if new != text:
             changed += 1
             print(f"{path.relative_to(ROOT)}: {'would change' if args.check else 'regenerated'}")

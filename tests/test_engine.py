@@ -161,3 +161,17 @@ def test_beside_busy_jobs_a_training_uses_only_the_free_cores(busy_cores, data_d
     assert f", {result.threads} thread" in next(line for line in lines if line.startswith("training "))
     assert json.loads((tmp_path / "r" / "config.json").read_text())["threads"] == {"asked": None, "used": result.threads}
     assert torch.get_num_threads() == before  # the caller's process as it was
+
+
+def test_fashion_recipe_trains_clothes_with_mirror_augmentation(data_dir, tmp_path):
+    # The recipe picks its dataset (a flag still overrides it) and its augmentation flips clothes.
+    out = tmp_path / "f"
+    r = run_cli("train", "--recipe", "fashion", "--epochs", "1", "--limit-train", "3000", "--limit-test", "1000",
+                "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["recipe"] == "fashion" and report["model"] == "kernel5_cnn"
+    assert 0.6 < report["test_accuracy"] < 1.0  # 10 classes of clothes: chance is 10%
+    saved = json.loads((out / "config.json").read_text())["recipe"]
+    assert (saved["dataset"], saved["augment"]) == ("fashion-mnist", "mirror")
+    assert recipes.config("fashion", dataset="mnist").dataset == "mnist"

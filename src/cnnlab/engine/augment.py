@@ -1,4 +1,5 @@
-"""Batched data augmentation on tensors: random translation, affine warps, elastic distortion.
+"""Batched data augmentation on tensors: random translation, affine warps, elastic distortion, and
+mirroring with random erasing for images whose mirror image is the same class (clothes, not digits).
 
 Every function takes a whole float batch [N, 1, H, W] in pixel units (0..255, background 0, before
 normalisation) and returns a new batch of the same shape; labels are never touched, so image i
@@ -25,6 +26,12 @@ SCALE = (0.9, 1.1)
 MAX_SHEAR_DEG = 8.0
 ELASTIC_PIXELS = 1.5  # largest displacement of the elastic field, in pixels
 ELASTIC_GRID = 7      # the random field lives on a 7x7 grid, upsampled smoothly to 28x28
+
+# Random erasing (Zhong et al. 2017; in Fashion-MNIST's benchmark table): with probability 0.5 a
+# rectangle of 2-25% of the image, aspect ratio 0.3-3.3, is set to the background.
+ERASE_P = 0.5
+ERASE_AREA = (0.02, 0.25)
+ERASE_RATIO = (0.3, 3.3)
 
 KINDS = AUGMENTATIONS
 
@@ -97,6 +104,35 @@ def elastic(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor
     return affine(x, gen, elastic=True)
 
 
+def flip(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image left to right with probability 0.5."""
+    mirrored = torch.rand(len(x), generator=gen, device=x.device) < 0.5
+    return torch.where(mirrored[:, None, None, None], x.flip(-1), x)
+
+
+def erase(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Set a random rectangle of each chosen image (probability ERASE_P) to the background."""
+    n, _, h, w = x.shape
+    area = _uniform(n, *ERASE_AREA, gen, x.device) * (h * w)
+    ratio = torch.exp(_uniform(n, math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1]), gen, x.device))
+    eh = (area * ratio).sqrt().round().clamp(1, h)
+    ew = (area / ratio).sqrt().round().clamp(1, w)
+    top = (torch.rand(n, generator=gen, device=x.device) * (h - eh + 1)).floor()
+    left = (torch.rand(n, generator=gen, device=x.device) * (w - ew + 1)).floor()
+    chosen = torch.rand(n, generator=gen, device=x.device) < ERASE_P
+    r = torch.arange(h, device=x.device)[None, :]
+    c = torch.arange(w, device=x.device)[None, :]
+    in_rows = (r >= top[:, None]) & (r < (top + eh)[:, None])             # [N, H]
+    in_cols = (c >= left[:, None]) & (c < (left + ew)[:, None])           # [N, W]
+    hole = in_rows[:, :, None] & in_cols[:, None, :] & chosen[:, None, None]
+    return x.masked_fill(hole[:, None], 0.0)
+
+
+def mirror(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Translate, mirror and erase: the usual augmentation of Fashion-MNIST-like images."""
+    return erase(flip(translate(x, gen), gen), gen)
+
+
 def apply(x: torch.Tensor, kind: str, gen: torch.Generator | None = None) -> torch.Tensor:
     """Augment a float batch [N, 1, H, W] (0..255) with one of KINDS."""
     if kind == "none":
@@ -107,4 +143,6 @@ def apply(x: torch.Tensor, kind: str, gen: torch.Generator | None = None) -> tor
         return affine(x, gen)
     if kind == "elastic":
         return elastic(x, gen)
+    if kind == "mirror":
+        return mirror(x, gen)
     raise ValueError(f"unknown augmentation '{kind}'; choose one of: {', '.join(KINDS)}")
