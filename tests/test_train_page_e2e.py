@@ -94,7 +94,11 @@ def start_training(page, server):
     page.goto(server + "/")
     page.click("#nav a[data-view='train-view']")  # the Train tab, as a user opens it
     page.wait_for_function("document.querySelector('#train-dataset').options.length > 0")
+    # The clothes recipe brings its dataset; the next recipe puts the digits back.
+    page.select_option("#train-recipe", "fashion")
+    assert (page.input_value("#train-dataset"), page.input_value("#train-model")) == ("fashion-mnist", "kernel5_cnn")
     page.select_option("#train-recipe", "lecture")
+    assert page.input_value("#train-dataset") == "mnist"
     page.select_option("#train-model", "simple_cnn")
     # 12 epochs: long enough on a quiet machine that Stop comes before the end.
     for field, value in [("#train-epochs", "12"), ("#train-limit", "2000"), ("#train-limit-test", "500"),

@@ -55,10 +55,19 @@
     }
     if (options.job) follow(options.job);
   }
+  // A recipe made for one dataset (fashion) picks it; the next recipe puts MNIST back, unless
+  // the user chose another dataset since.
+  let recipeDataset = null;
   function recipeChosen() {
-    const r = options.recipes[$("train-recipe").value];
+    const r = options.recipes[$("train-recipe").value], dataset = $("train-dataset");
     $("train-model").value = r.model;
     $("train-epochs").value = Math.min(r.epochs, 5);
+    if (r.dataset && options.datasets.includes(r.dataset)) {
+      dataset.value = recipeDataset = r.dataset;
+    } else if (recipeDataset && dataset.value === recipeDataset && options.datasets.includes("mnist")) {
+      dataset.value = "mnist";
+      recipeDataset = null;
+    }
   }
   $("train-recipe").addEventListener("change", recipeChosen);
 
@@ -91,7 +100,7 @@
   function showSettings(given) {
     if (!given || !options) return;
     const recipe = options.recipes[given.recipe] || {};   // what a setting left out was
-    const unset = { recipe: given.recipe, model: recipe.model, dataset: "mnist", epochs: recipe.epochs,
+    const unset = { recipe: given.recipe, model: recipe.model, dataset: recipe.dataset || "mnist", epochs: recipe.epochs,
                     limit_train: "", limit_test: "", snapshots: 1 };
     for (const e of $("train-form").elements) if (e.name) e.value = given[e.name] ?? unset[e.name] ?? e.value;
   }
