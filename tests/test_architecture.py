@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cnnlab.cli import build_parser
-from cnnlab.engine import augment, config, data, models, train
+from cnnlab.engine import augment, config, data, models, optimizers, train
 from cnnlab.engine.config import TrainConfig
 from conftest import SRC, assert_usage_error, run_cli
 
@@ -146,7 +146,7 @@ def test_the_public_api_resolves_every_name():
 def test_choices_named_in_config_are_the_ones_the_engine_has():
     assert set(config.DATASET_NAMES) == set(data.DATASETS)
     assert augment.KINDS == config.AUGMENTATIONS
-    assert set(train.OPTIMIZERS) == set(config.OPTIMIZERS)
+    assert set(optimizers.OPTIMIZERS) == set(config.OPTIMIZERS)
     for name, entry in config.MODELS.items():
         assert isinstance(models.build_model(name), models.nn.Module), name
         assert hasattr(models, entry.cls)

@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import cnnlab
 from cnnlab.engine import config as recipes
@@ -175,3 +176,45 @@ def test_fashion_recipe_trains_clothes_with_mirror_augmentation(data_dir, tmp_pa
     saved = json.loads((out / "config.json").read_text())["recipe"]
     assert (saved["dataset"], saved["augment"]) == ("fashion-mnist", "mirror")
     assert recipes.config("fashion", dataset="mnist").dataset == "mnist"
+
+
+
+# A process that trains and then says whether torch._dynamo was loaded: through the command line
+# (argv: cli ARGS) or through the Python API, where torch.optim stays as it ships (argv: api SETTINGS OUT).
+TRAIN_AND_REPORT = """
+import contextlib, io, json, sys
+import cnnlab
+from cnnlab.cli import main
+how, what = sys.argv[1], json.loads(sys.argv[2])
+with contextlib.redirect_stdout(io.StringIO()):
+    if how == "cli":
+        assert main(["train", *what]) == 0
+    else:
+        cnnlab.train(cnnlab.config("fast", **what), out=sys.argv[3], progress=False, log=None)
+print(json.dumps("torch._dynamo" in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("optimizer,schedule", [("adam", "onecycle"), ("adamw", "cosine"), ("sgd", "step")])
+def test_the_command_line_trains_without_torch_dynamo_to_the_same_bits(data_dir, tmp_path, optimizer, schedule):
+    # torch.optim imports torch._dynamo (1.1 s) on first use unless engine/optimizers.py's shortcut
+    # is on; the shortcut must change nothing else: the same weights, bit for bit, and the same
+    # optimiser state in the checkpoint.
+    settings = dict(optimizer=optimizer, schedule=schedule, lr=0.005, limit_train=2000, limit_test=300,
+                    threads=1, seed=4)
+    flags = [x for k, v in settings.items() for x in ("--" + k.replace("_", "-"), str(v))]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CNNLAB_DATA_DIR": str(data_dir)}
+    loaded, runs = {}, {}
+    for how, argv in (("cli", ["cli", json.dumps(["--recipe", "fast", *flags, "--out", str(tmp_path / "cli")])]),
+                      ("api", ["api", json.dumps(settings), str(tmp_path / "api")])):
+        r = subprocess.run([sys.executable, "-c", TRAIN_AND_REPORT, *argv], env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        loaded[how] = json.loads(r.stdout.splitlines()[-1])
+        runs[how] = {part: load_file(tmp_path / how / f"{part}.safetensors") for part in ("model", "checkpoint")}
+    assert loaded == {"cli": False, "api": True}  # (the API run is torch.optim's own path)
+    for part in ("model", "checkpoint"):
+        cli, api = runs["cli"][part], runs["api"][part]
+        assert cli.keys() == api.keys() and len(cli) > 5
+        for name in cli:
+            assert torch.equal(cli[name], api[name]), (part, name)

@@ -4,7 +4,7 @@ The Python API is these names; each loads its module (and PyTorch) on first use,
 cnnlab, or running `cnnlab --help`, is quick:
 
     train, TrainConfig, config (a recipe's TrainConfig), build_model, model_names,
-    summarize                                                                       (engine/)
+    summarize, leave_dynamo_unloaded                                                (engine/)
     load, evaluate, train_ensemble, assemble, evaluate_ensemble, predict_files,
     load_classifier, export, compare                                                (runs/)
     visualize, write_figures, check_figures_out, run_files, report, gallery,
@@ -27,6 +27,7 @@ _API = {
     "build_model": ("cnnlab.engine.models", "build_model"),
     "model_names": ("cnnlab.engine.models", "model_names"),
     "summarize": ("cnnlab.engine.summary", "summarize"),
+    "leave_dynamo_unloaded": ("cnnlab.engine.optimizers", "leave_dynamo_unloaded"),
     "load": ("cnnlab.runs.folder", "load"),
     "evaluate": ("cnnlab.runs.evaluate", "evaluate"),
     "train_ensemble": ("cnnlab.runs.ensemble", "train_ensemble"),
