@@ -51,13 +51,20 @@ else:
     extra_out = {{"train_seconds": r.train_seconds, "precision": r.precision, "epochs": len(r.epochs)}}
 wall = time.perf_counter() - start
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+if {tta!r} and kind != "lecture-code":  # after the clock: the same network, test-time augmented
+    from cnnlab.engine import data
+    from cnnlab.runs.inference import TTA, accuracy
+    info, test = data.dataset_info(dataset), data.load(dataset, "test", data_dir)
+    started = time.perf_counter()
+    extra_out["tta_accuracy"] = accuracy(TTA(r.model.eval()), test, info.mean, info.std)
+    extra_out["tta_seconds"] = time.perf_counter() - started
 print("RESULT " + json.dumps({{"wall": wall, "accuracy": acc, "rss_mib": rss, **extra_out}}))
 """
 
 
-def run_child(kind: str, dataset: str, seed: int, extra: dict, threads: int | None) -> dict:
+def run_child(kind: str, dataset: str, seed: int, extra: dict, threads: int | None, tta: bool = False) -> dict:
     code = CHILD.format(src=str(ROOT / "src"), bench=str(ROOT / "benchmarks"), kind=kind, dataset=dataset,
-                        seed=seed, data_dir=DATA_DIR, extra=extra)
+                        seed=seed, data_dir=DATA_DIR, extra=extra, tta=tta)
     # The same OpenMP setting for every row (the cnnlab CLI sets it; the lecture's code would
     # not), so the table compares pipelines, not spin policies.
     env = {**os.environ, "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "10000")}
@@ -113,12 +120,14 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="1 seed each, best recipe cut to 3 epochs")
     p.add_argument("--seeds", type=int, default=None, help="seeds per row (default 3, --quick 1)")
     p.add_argument("--only", default="lecture-code,lecture,fast,best",
-                   help="comma-separated rows: lecture-code, lecture, fast, best")
+                   help="comma-separated rows: lecture-code and recipe names (lecture, fast, best, fashion)")
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for every child")
     p.add_argument("--cli", default="", metavar="ROWS",
                    help="comma-separated cnnlab rows (e.g. lecture,fast) whose whole `cnnlab train` process is "
                         "also timed, shell prompt to prompt (a second run of each seed)")
+    p.add_argument("--tta", action="store_true",
+                   help="also the test accuracy with test-time augmentation (cnnlab evaluate --tta), after the clock")
     p.add_argument("--json", action="store_true", help="also print all runs as JSON")
     args = p.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 3)
@@ -131,7 +140,7 @@ def main(argv=None) -> int:
         extra = {"epochs": 3} if (kind == "best" and args.quick) else {}
         results[kind] = []
         for seed in range(seeds):
-            r = run_child(kind, args.dataset, seed, extra, args.threads)
+            r = run_child(kind, args.dataset, seed, extra, args.threads, args.tta)
             if kind == "lecture-code":  # its child is its whole process already
                 r["cli"] = r["process"]
             elif kind in cli_rows:
@@ -139,7 +148,9 @@ def main(argv=None) -> int:
             results[kind].append(r)
             print(f"  {kind:13s} seed {seed}: {r['wall']:7.2f} s ({r['process']:.2f} s process"
                   + (f", {r['cli']:.2f} s cnnlab train" if kind in cli_rows else "")
-                  + f")  {r['accuracy']:.2%}  {r['rss_mib']:6.0f} MiB", flush=True)
+                  + f")  {r['accuracy']:.2%}"
+                  + (f" (TTA {r['tta_accuracy']:.2%} in {r['tta_seconds']:.1f} s)" if "tta_accuracy" in r else "")
+                  + f"  {r['rss_mib']:6.0f} MiB", flush=True)
 
     base = statistics.mean(r["wall"] for r in results["lecture-code"]) if "lecture-code" in results else None
     base_process = statistics.mean(r["process"] for r in results["lecture-code"]) if base else None
@@ -154,6 +165,10 @@ def main(argv=None) -> int:
         speed_process = f"{base_process / process:8.1f}x" if base else "      -"
         print(f"{kind:14s} {wall:13.2f} {statistics.mean(accs):9.2%} {min(accs):8.2%} {speed:>9s} "
               f"{max(r['rss_mib'] for r in rs):6.0f} MiB {process:10.2f} {speed_process:>9s}")
+    for kind, rs in results.items():
+        if all("tta_accuracy" in r for r in rs):
+            ttas = [r["tta_accuracy"] for r in rs]
+            print(f"  {kind} with TTA: mean {statistics.mean(ttas):.2%}, min {min(ttas):.2%}")
     if cli_rows and "lecture-code" in results:
         base_cli = statistics.mean(r["cli"] for r in results["lecture-code"])
         print(f"\nwhole process, shell prompt to prompt (lecture's code: {base_cli:.2f} s)")
