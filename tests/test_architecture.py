@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cnnlab.cli import build_parser
-from cnnlab.engine import augment, config, data, models, optimizers, train
+from cnnlab.engine import augment, config, data, models, optimizers
 from cnnlab.engine.config import TrainConfig
 from conftest import SRC, assert_usage_error, run_cli
 

@@ -171,7 +171,7 @@ def test_fashion_recipe_trains_clothes_with_mirror_augmentation(data_dir, tmp_pa
                 "--out", out, "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    assert report["recipe"] == "fashion" and report["model"] == "kernel5_cnn"
+    assert report["recipe"] == "fashion" and report["model"] == "wide5_cnn"
     assert 0.6 < report["test_accuracy"] < 1.0  # 10 classes of clothes: chance is 10%
     saved = json.loads((out / "config.json").read_text())["recipe"]
     assert (saved["dataset"], saved["augment"]) == ("fashion-mnist", "mirror")

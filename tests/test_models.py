@@ -89,6 +89,9 @@ def test_best_ensemble_models_parameter_counts_by_hand():
     # kernel5_cnn: 1-32 5x5, 32-64 5x5, 64-128 3x3, 128-128 3x3, BatchNorm, Linear 128 -> 10.
     convs = 1 * 32 * 25 + 32 * 64 * 25 + 64 * 128 * 9 + 128 * 128 * 9
     assert count_parameters(build_model("kernel5_cnn")) == convs + 2 * (32 + 64 + 128 + 128) + 1_290 == 275_178
+    # wide5_cnn: the same at 1.5x width, 1-48 5x5, 48-96 5x5, 96-192 3x3, 192-192 3x3, Linear 192 -> 10.
+    convs = 1 * 48 * 25 + 48 * 96 * 25 + 96 * 192 * 9 + 192 * 192 * 9
+    assert count_parameters(build_model("wide5_cnn")) == convs + 2 * (48 + 96 + 192 + 192) + 1_930 == 617_050
 
 
 def test_strided_cnn_downsamples_by_strided_convs_not_pooling():

@@ -96,7 +96,7 @@ def start_training(page, server):
     page.wait_for_function("document.querySelector('#train-dataset').options.length > 0")
     # The clothes recipe brings its dataset; the next recipe puts the digits back.
     page.select_option("#train-recipe", "fashion")
-    assert (page.input_value("#train-dataset"), page.input_value("#train-model")) == ("fashion-mnist", "kernel5_cnn")
+    assert (page.input_value("#train-dataset"), page.input_value("#train-model")) == ("fashion-mnist", "wide5_cnn")
     page.select_option("#train-recipe", "lecture")
     assert page.input_value("#train-dataset") == "mnist"
     page.select_option("#train-model", "simple_cnn")

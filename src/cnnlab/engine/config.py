@@ -44,6 +44,8 @@ MODELS: dict[str, ModelEntry] = {
                                             "5x5 convs instead of pooling, dropout (a best-ensemble member)"),
     "kernel5_cnn": ModelEntry("Kernel5CNN", "the best recipe's CNN: best_cnn with 5x5 kernels, BatchNorm convs 32-64 "
                                             "(5x5), 128-128 (3x3), global max pool, dropout"),
+    "wide5_cnn": ModelEntry("Wide5CNN", "the fashion recipe's CNN: kernel5_cnn at 1.5x width, BatchNorm convs 48-96 "
+                                        "(5x5), 192-192 (3x3) (617,050 parameters)"),
     "lenet5": ModelEntry("LeNet5", "LeCun et al. 1998: conv6-avgpool-conv16-avgpool-fc120-fc84, 5x5 kernels, tanh"),
     "alexnet_mini": ModelEntry("AlexNetMini", "AlexNet's pattern at 28x28: 5 convs, overlapping max pools, dropout, 3 FC"),
     "no_pool_cnn": ModelEntry("NoPoolCNN", "simple_cnn with stride-2 convs instead of max pooling (the control)"),
@@ -219,9 +221,9 @@ RECIPES: dict[str, dict] = {
     "best": dict(model="kernel5_cnn", epochs=15, batch_size=128, optimizer="adamw", lr=3e-3,
                  weight_decay=5e-4, schedule="onecycle", augment="affine", label_smoothing=0.05),
     # Clothes: Fashion-MNIST by default (or your own images of things whose mirror image is the same
-    # class), best's network and settings for 30 epochs with mirror augmentation (shift, flip, erase).
-    # Evidence: 93.40% (seed 0) in 16 min on 1 thread, affine 92.97%, best 92.42% (2-core Zen 4, 2026-12-02).
-    "fashion": dict(model="kernel5_cnn", dataset="fashion-mnist", epochs=30, batch_size=128, optimizer="adamw",
+    # class), best's settings with its network 1.5x wider, 30 epochs, mirror augmentation (shift, flip, erase).
+    # Evidence: 94.08, 93.96, 93.83% (mean 93.96%; kernel5_cnn 93.40%), ~16 min on 2 threads (Zen 4, 2026-12-02).
+    "fashion": dict(model="wide5_cnn", dataset="fashion-mnist", epochs=30, batch_size=128, optimizer="adamw",
                     lr=3e-3, weight_decay=5e-4, schedule="onecycle", augment="mirror", label_smoothing=0.05),
 }
 
