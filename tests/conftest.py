@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -39,6 +40,34 @@ def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), full_env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "cnnlab", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# One fresh interpreter runs the commands one after another, as `cnnlab` would, and notes after
+# each which heavy libraries have been imported so far (the first command to load one is named).
+PROBE = """
+import contextlib, io, json, sys
+from cnnlab.cli import main
+report = []
+for args in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        try:
+            code = main(args)
+        except SystemExit as e:
+            code = e.code
+    report.append({"args": args, "code": code, "output": len(out.getvalue()),
+                   "loaded": [m for m in sys.argv[2].split(",") if m in sys.modules]})
+print(json.dumps(report))
+"""
+
+
+def probe(commands: list[list[str]], modules: str) -> list[dict]:
+    """Run cnnlab COMMANDS in one fresh interpreter; for each, its exit code, output length and which
+    of MODULES (comma-separated) had been imported by then."""
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "CNNLAB_DATA_DIR": str(DATA_DIR)}
+    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(commands), modules], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
 
 
 def assert_usage_error(code: int, stderr: str, message: str) -> None:
@@ -92,6 +121,13 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+def until(page, expression: str, timeout: float = 30_000):
+    """page.wait_for_function, polling every 100 ms. Playwright's default re-checks on animation
+    frames, which headless Chromium may stop producing: a CI run waited 30 s on a page that had
+    long been updated (the slide view's pooling counter)."""
+    return page.wait_for_function(expression, timeout=timeout, polling=100)
 
 
 def run_main(capsys, *args) -> tuple[int, str, str]:

@@ -22,7 +22,7 @@ from cnnlab.engine.config import TrainConfig
 from cnnlab.engine.models import build_model
 from cnnlab.engine.processes import resolve_precision
 from cnnlab.runs.evaluate import evaluate
-from conftest import ROOT, run_cli
+from conftest import ROOT, probe, run_cli
 
 
 def _lecture_code():
@@ -179,18 +179,11 @@ def test_fashion_recipe_trains_clothes_with_mirror_augmentation(data_dir, tmp_pa
 
 
 
-# A process that trains and then says whether torch._dynamo was loaded: through the command line
-# (argv: cli ARGS) or through the Python API, where torch.optim stays as it ships (argv: api SETTINGS OUT).
-TRAIN_AND_REPORT = """
-import contextlib, io, json, sys
+# The Python API's path, in a fresh interpreter: torch.optim as it ships, then whether torch._dynamo was loaded.
+API_TRAIN = """
+import json, sys
 import cnnlab
-from cnnlab.cli import main
-how, what = sys.argv[1], json.loads(sys.argv[2])
-with contextlib.redirect_stdout(io.StringIO()):
-    if how == "cli":
-        assert main(["train", *what]) == 0
-    else:
-        cnnlab.train(cnnlab.config("fast", **what), out=sys.argv[3], progress=False, log=None)
+cnnlab.train(cnnlab.config("fast", **json.loads(sys.argv[1])), out=sys.argv[2], progress=False, log=None)
 print(json.dumps("torch._dynamo" in sys.modules))
 """
 
@@ -203,15 +196,15 @@ def test_the_command_line_trains_without_torch_dynamo_to_the_same_bits(data_dir,
     settings = dict(optimizer=optimizer, schedule=schedule, lr=0.005, limit_train=2000, limit_test=300,
                     threads=1, seed=4)
     flags = [x for k, v in settings.items() for x in ("--" + k.replace("_", "-"), str(v))]
+    step = probe([["train", "--recipe", "fast", *flags, "--out", str(tmp_path / "cli")]], "torch._dynamo")[0]
+    assert step["code"] == 0, step
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CNNLAB_DATA_DIR": str(data_dir)}
-    loaded, runs = {}, {}
-    for how, argv in (("cli", ["cli", json.dumps(["--recipe", "fast", *flags, "--out", str(tmp_path / "cli")])]),
-                      ("api", ["api", json.dumps(settings), str(tmp_path / "api")])):
-        r = subprocess.run([sys.executable, "-c", TRAIN_AND_REPORT, *argv], env=env, capture_output=True,
-                           text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        loaded[how] = json.loads(r.stdout.splitlines()[-1])
-        runs[how] = {part: load_file(tmp_path / how / f"{part}.safetensors") for part in ("model", "checkpoint")}
+    r = subprocess.run([sys.executable, "-c", API_TRAIN, json.dumps(settings), str(tmp_path / "api")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    loaded = {"cli": bool(step["loaded"]), "api": json.loads(r.stdout.splitlines()[-1])}
+    runs = {how: {part: load_file(tmp_path / how / f"{part}.safetensors") for part in ("model", "checkpoint")}
+            for how in ("cli", "api")}
     assert loaded == {"cli": False, "api": True}  # (the API run is torch.optim's own path)
     for part in ("model", "checkpoint"):
         cli, api = runs["cli"][part], runs["api"][part]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnlab
-from conftest import run_cli, screenshot_run, serving
+from conftest import run_cli, screenshot_run, serving, until
 from test_serve_e2e import draw_seven
 
 with warnings.catch_warnings():
@@ -61,7 +61,7 @@ def open_network(page, url: str):
     page.wait_for_selector("#bars .bar")
     draw_seven(page)
     page.click("#nav a[href='#network']")
-    page.wait_for_function("document.querySelector('#net-strip').dataset.ready")
+    until(page, "document.querySelector('#net-strip').dataset.ready")
     image = np.array(page.evaluate("window.cnnlab.image"), np.uint8)
     assert image.shape == (28, 28) and image.max() == 255
     return image
@@ -70,12 +70,12 @@ def open_network(page, url: str):
 def click_unit(page, layer: int, channel: int, row: int, col: int) -> None:
     """Enlarge a map (click its thumbnail), then click one unit of the enlarged map, as a person does."""
     page.click(f".maps canvas[data-layer='{layer}'][data-channel='{channel}']")
-    page.wait_for_function(f"document.querySelector('#unit-card').dataset.layer === '{layer}'")
+    until(page, f"document.querySelector('#unit-card').dataset.layer === '{layer}'")
     page.locator("#zoom").scroll_into_view_if_needed()
     box = page.locator("#zoom").bounding_box()
     rows, cols = (int(page.locator("#zoom").get_attribute(a)) for a in ("data-rows", "data-cols"))
     page.mouse.click(box["x"] + (col + 0.5) * box["width"] / cols, box["y"] + (row + 0.5) * box["height"] / rows)
-    page.wait_for_function(f"document.querySelector('#unit-card').dataset.unit === '{channel},{row},{col}'")
+    until(page, f"document.querySelector('#unit-card').dataset.unit === '{channel},{row},{col}'")
 
 
 def outline_cells(page, stage: str, canvas: str, side: int) -> tuple[float, float, float, float]:
@@ -169,8 +169,8 @@ def _check_pool(page, outs, unit):
 def _check_logit_and_softmax(page, layers, outs, logit, softmax):
     top = int(outs[-1][0].argmax())
     page.click(f".classes button[data-layer='{logit}'][data-unit='{top}']")
-    page.wait_for_function(f"document.querySelector('#unit-card').dataset.unit === '{top}' && "
-                           f"document.querySelector('#unit-card').dataset.layer === '{logit}'")
+    until(page, f"document.querySelector('#unit-card').dataset.unit === '{top}' && "
+                f"document.querySelector('#unit-card').dataset.layer === '{logit}'")
     linear = layers[logit - 1]
     inputs = outs[logit - 1][0]
     products = inputs * linear.weight[top].detach()
@@ -184,7 +184,7 @@ def _check_logit_and_softmax(page, layers, outs, logit, softmax):
         assert cells[0].startswith(f"#{int(j)}")
         assert abs(float(cells[1]) - float(inputs[j])) < 1e-4 and abs(float(cells[3]) - float(products[j])) < 1e-4
     page.click(f".classes button[data-layer='{softmax}'][data-unit='{top}']")
-    page.wait_for_function(f"document.querySelector('#unit-card').dataset.layer === '{softmax}'")
+    until(page, f"document.querySelector('#unit-card').dataset.layer === '{softmax}'")
     z = outs[-1][0].double()
     assert abs(shown(page, "sum") - float(z.exp().sum())) / float(z.exp().sum()) < 1e-4
     assert abs(shown(page, "exp") - float(z[top].exp())) / float(z[top].exp()) < 1e-4
@@ -204,7 +204,7 @@ def test_sliding_window_is_cnnlab_conv_json(servers, browser, shots):
     cli = json.loads(r.stdout)
     page = browser.new_page(viewport=LAPTOP)
     page.goto(url + "/#slide")
-    page.wait_for_function("document.querySelector('#slide-view').dataset.ready")
+    until(page, "document.querySelector('#slide-view').dataset.ready")
     # Unchanged, it shows the lecture's example: 16 steps, the first 2x1 + 1x2 + 4x(-1) + 1x3 = 3.
     assert page.locator("#s-counter").inner_text() == "step 1 of 16"
     assert page.locator("#s-sum").inner_text() == "out[0][0] = 2×1 + 1×2 + 4×(-1) + 1×3 = 3"
@@ -214,7 +214,7 @@ def test_sliding_window_is_cnnlab_conv_json(servers, browser, shots):
     page.fill("#s-dilation", "2")
     formula = cli["output_size"]["formula"]["height"]
     assert formula == "floor((6 + 2*1 - 2*(2-1) - 1) / 2) + 1 = 3"
-    page.wait_for_function(f"document.querySelector('#s-formula').textContent.includes({json.dumps(formula)})")
+    until(page, f"document.querySelector('#s-formula').textContent.includes({json.dumps(formula)})")
     assert page.locator("#s-counter").inner_text() == f"step 1 of {len(cli['steps'])}"
     td = page.locator("#s-in tr").first.locator("td")
     cell_w = td.nth(1).bounding_box()["x"] - td.nth(0).bounding_box()["x"]
@@ -237,8 +237,8 @@ def test_sliding_window_is_cnnlab_conv_json(servers, browser, shots):
     page.click("#s-back")
     assert [[float(v) for v in row] for row in _grid(page, "#s-out")] == cli["output"]
     page.click("#s-play")
-    page.wait_for_function("document.querySelector('#s-counter').dataset.step !== String("
-                           f"{len(cli['steps']) - 1})", timeout=5000)
+    until(page, "document.querySelector('#s-counter').dataset.step !== String("
+                f"{len(cli['steps']) - 1})", timeout=5000)
     page.click("#s-play")
     _pooling_steps(page)
     page.close()
@@ -252,17 +252,46 @@ def _pooling_steps(page):
     page.fill("#s-input", matrix)
     page.fill("#s-size", "3")
     page.fill("#s-stride", "1")
-    page.wait_for_function("document.querySelector('#s-counter').textContent.endsWith(' of 9')")
+    # The pooling answer for these settings is drawn (the convolution before it also had 9 steps).
+    until(page, f"document.querySelector('#s-formula').textContent.includes({json.dumps(cli['output_size']['formula']['height'])})")
+    assert page.locator("#s-counter").inner_text().endswith(" of 9")
     if page.locator("#s-play").inner_text().strip() == "Pause":  # (a slow machine: still playing)
         page.click("#s-play")
     page.click("#s-reset")
-    page.wait_for_function("document.querySelector('#s-counter').textContent === 'step 1 of 9'")
+    until(page, "document.querySelector('#s-counter').textContent === 'step 1 of 9'")
     for mode in ("max", "avg"):
         page.select_option("#s-mode", mode)
         for step in cli[mode]["steps"]:
             assert [[float(v) for v in row] for row in _grid(page, "#s-window")] == step["window"]
             assert abs(float(page.locator("#s-sum").inner_text().rsplit("=", 1)[1]) - step["value"]) < 1e-4
             page.click("#s-next")
+
+
+def test_sliding_window_says_what_is_wrong(servers, browser):
+    url, _ = servers["simple_cnn"]
+    r = run_cli("conv", "1 2; 3", "1 0; 0 1")
+    assert r.returncode == 2
+    message = r.stderr.strip().removeprefix("cnnlab conv: error: ")
+    page = browser.new_page(viewport=LAPTOP)
+    page.goto(url + "/#slide")
+    until(page, "document.querySelector('#slide-view').dataset.ready")
+    status = page.locator("#s-status")
+    # A matrix the server cannot read: the terminal's own line, in red, under the fields.
+    page.fill("#s-input", "1 2; 3")
+    until(page, "document.querySelector('#s-status').textContent !== ''")
+    assert status.inner_text() == message
+    assert status.evaluate("e => getComputedStyle(e).color") == "rgb(185, 28, 28)"
+    assert status.bounding_box()["height"] > 10
+    # No answer at all (the server stopped): the page says so instead of showing the old steps as new.
+    page.route("**/api/conv", lambda route: route.abort())
+    page.fill("#s-input", "1 2 3\n4 5 6\n7 8 9")
+    until(page, "document.querySelector('#s-status').textContent.includes('cannot reach')")
+    assert status.inner_text() == "cannot reach the server: is cnnlab serve still running?"
+    page.unroute("**/api/conv")
+    page.fill("#s-input", "1 2 3\n4 5 6\n7 8 8")
+    until(page, "document.querySelector('#s-counter').textContent === 'step 1 of 4'")
+    assert status.inner_text() == ""
+    page.close()
 
 
 def test_every_view_fits_a_phone(servers, browser, shots):
@@ -282,13 +311,13 @@ def test_every_view_fits_a_phone(servers, browser, shots):
             assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], view
         if view in ("draw", "network", "slide"):
             if view == "slide":
-                page.wait_for_function("document.querySelector('#slide-view').dataset.ready")
+                until(page, "document.querySelector('#slide-view').dataset.ready")
             page.screenshot(path=str(shots / f"{view}-phone.png"), full_page=True)
     # The layers scroll sideways inside their strip, not the page.
     page.click("#nav a[href='#network']")
     page.locator("#network-view").wait_for(state="visible", timeout=10_000)  # (the hash change is async)
     strip = "document.querySelector('#net-strip')"
-    page.wait_for_function(f"{strip}.clientWidth > 0", timeout=10_000)
+    until(page, f"{strip}.clientWidth > 0", timeout=10_000)
     assert page.evaluate(f"{strip}.scrollWidth > {strip}.clientWidth")
     context.close()
 

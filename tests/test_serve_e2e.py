@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import screenshot_run, serving
+from conftest import screenshot_run, serving, until
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def draw_seven(page) -> None:
         page.mouse.move(box["x"] + x, box["y"] + y, steps=8)
     page.mouse.up()
     # Live answers arrive while drawing; wait for the final one about the finished drawing.
-    page.wait_for_function("""() => { const v = document.querySelector('#pad').dataset.version;
+    until(page, """() => { const v = document.querySelector('#pad').dataset.version;
         return v && document.querySelector('#prediction').dataset.final === v; }""")
 
 
@@ -94,7 +94,7 @@ def test_draw_in_real_browser(server, browser, tmp_path):
     assert abs(sum(shown) - 100) < 1.0  # each bar rounded to 0.1%
     # What a person sees: each bar's drawn width is its probability of the track's (after the
     # 0.15 s transition), the top class's bar is most of its track, and bars are 16 pixels tall.
-    page.wait_for_function(f"() => ({BARS})().every(b => Math.abs(b.fill - b.p * b.track) < 1.5)", timeout=5000)
+    until(page, f"() => ({BARS})().every(b => Math.abs(b.fill - b.p * b.track) < 1.5)", timeout=5000)
     bars = page.evaluate(BARS)
     top = bars[7]
     assert top["track"] > 150 and top["fill"] >= 0.5 * top["track"] and top["height"] == 16 and top["left"] == 0
@@ -113,7 +113,7 @@ def test_draw_in_real_browser(server, browser, tmp_path):
     page.locator("#kernels-view").wait_for(state="visible", timeout=10_000)  # (the hash change is async)
     assert page.locator("#draw-view").is_hidden()
     page.select_option("#kernel", "sobel-x")
-    page.wait_for_function("document.querySelector('#kernel-status').textContent.includes('sobel-x')")
+    until(page, "document.querySelector('#kernel-status').textContent.includes('sobel-x')")
     assert page.locator("#k-out").bounding_box()["width"] == 240
 
     page.click("#nav a[href='#draw']")
@@ -133,7 +133,7 @@ def test_upload_an_image(server, browser, tmp_path):
     page.goto(server + "/")
     page.wait_for_selector("#bars .bar")
     page.set_input_files("#photo", str(path))
-    page.wait_for_function("() => document.querySelector('#prediction').dataset.final")
+    until(page, "() => document.querySelector('#prediction').dataset.final")
     assert page.locator("#prediction").inner_text().strip() == "1"
     assert page.evaluate("window.cnnlab.image.length") == 28
     # Dropped on the pad, a file goes the same way (a real drop event carrying the file).
@@ -143,8 +143,8 @@ def test_upload_an_image(server, browser, tmp_path):
         document.querySelector('#pad').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true,
                                                                           cancelable: true })); }""",
                   base64.b64encode(_digit_png(0)).decode())
-    page.wait_for_function("() => document.querySelector('#prediction').dataset.final === "
-                           "document.querySelector('#pad').dataset.version")
+    until(page, "() => document.querySelector('#prediction').dataset.final === "
+                "document.querySelector('#pad').dataset.version")
     assert page.locator("#prediction").inner_text().strip() == "1"
     page.close()
 
@@ -189,7 +189,7 @@ def test_draw_with_touch(server, browser):
     for x, y in points[1:]:
         cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
-    page.wait_for_function("""() => { const v = document.querySelector('#pad').dataset.version;
+    until(page, """() => { const v = document.querySelector('#pad').dataset.version;
         return v && document.querySelector('#prediction').dataset.final === v; }""")
     assert page.locator("#prediction").inner_text().strip() == "1"
     # The page did not scroll while drawing (touch-action: none on the pad).

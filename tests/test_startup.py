@@ -4,42 +4,12 @@ needed, a command loads only what it uses: no torchvision when the data files ar
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 from cnnlab.cli import COMMANDS
-from conftest import DATA_DIR, SRC
+from conftest import probe
 
 FAST = [["--help"], *([name, "--help"] for name in COMMANDS), ["conv"], ["conv", "--json"], ["pool"],
         ["pool", "--mode", "max"], ["kernels"], ["kernels", "sobel-x", "laplacian"], ["params", "--lecture"],
         ["params", "--lecture", "--json"]]
-
-# One fresh interpreter runs the commands one after another, as `cnnlab` would, and notes after
-# each which heavy libraries have been imported so far (the first command to load one is named).
-PROBE = """
-import contextlib, io, json, sys
-from cnnlab.cli import main
-report = []
-for args in json.loads(sys.argv[1]):
-    with contextlib.redirect_stdout(io.StringIO()) as out:
-        try:
-            code = main(args)
-        except SystemExit as e:
-            code = e.code
-    report.append({"args": args, "code": code, "output": len(out.getvalue()),
-                   "loaded": [m for m in sys.argv[2].split(",") if m in sys.modules]})
-print(json.dumps(report))
-"""
-
-
-def probe(commands: list[list[str]], modules: str) -> list[dict]:
-    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "CNNLAB_DATA_DIR": str(DATA_DIR)}
-    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(commands), modules], env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
 
 def test_help_conv_pool_kernels_and_the_lectures_arithmetic_load_no_torch():
     report = probe(FAST, "torch,torchvision,matplotlib,onnx,fastapi")

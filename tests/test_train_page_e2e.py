@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from cnnlab.runs import folder
-from conftest import DATA_DIR, SRC, free_port, run_cli
+from conftest import DATA_DIR, SRC, free_port, run_cli, until
 
 LIVE = 180_000  # ms a browser wait may take on a busy machine (training starts a Python process)
 
@@ -93,7 +93,7 @@ def last_step(run_dir: Path) -> int:
 def start_training(page, server):
     page.goto(server + "/")
     page.click("#nav a[data-view='train-view']")  # the Train tab, as a user opens it
-    page.wait_for_function("document.querySelector('#train-dataset').options.length > 0")
+    until(page, "document.querySelector('#train-dataset').options.length > 0")
     # The clothes recipe brings its dataset; the next recipe puts the digits back.
     page.select_option("#train-recipe", "fashion")
     assert (page.input_value("#train-dataset"), page.input_value("#train-model")) == ("fashion-mnist", "wide5_cnn")
@@ -105,7 +105,7 @@ def start_training(page, server):
                          ("#train-snapshots", "4")]:
         page.fill(field, value)
     page.click("#train-start")
-    page.wait_for_function("Number(document.querySelector('#train-view').dataset.updates || 0) >= 3", timeout=LIVE)
+    until(page, "Number(document.querySelector('#train-view').dataset.updates || 0) >= 3", timeout=LIVE)
     return page.get_attribute("#train-view", "data-run")
 
 
@@ -134,18 +134,18 @@ def test_train_stop_resume_and_explore_from_the_page(server, root, browser, tmp_
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server + "/")
     page.click("#nav a[data-view='train-view']")
-    page.wait_for_function("Number(document.querySelector('#train-view').dataset.updates || 0) >= 3", timeout=LIVE)
+    until(page, "Number(document.querySelector('#train-view').dataset.updates || 0) >= 3", timeout=LIVE)
     assert (page.input_value("#train-epochs"), page.input_value("#train-limit")) == ("12", "2000")  # what it runs with
     deadline = time.monotonic() + 120
     while last_step(run_dir) <= max(seen, 40) and time.monotonic() < deadline:  # (40 of 96 steps: a curve to show)
         time.sleep(0.1)
     assert last_step(run_dir) > seen
-    page.wait_for_function("Number(document.querySelector('#train-filters').dataset.step) >= 24", timeout=LIVE)
+    until(page, "Number(document.querySelector('#train-filters').dataset.step) >= 24", timeout=LIVE)
     screenshot(page.locator("#train-view"), shots / "train.png")
 
     # Stop keeps a checkpoint that `cnnlab train --resume` finishes.
     page.click("#train-stop")
-    page.wait_for_function("document.querySelector('#train-status').dataset.state === 'stopped'", timeout=LIVE)
+    until(page, "document.querySelector('#train-status').dataset.state === 'stopped'", timeout=LIVE)
     assert f"cnnlab train --resume {run_dir}" in page.inner_text("#train-status")
     assert (run_dir / "checkpoint.safetensors").is_file() and not (run_dir / folder.WEIGHTS).exists()
     resumed = run_cli("train", "--resume", run_dir)
@@ -155,7 +155,7 @@ def test_train_stop_resume_and_explore_from_the_page(server, root, browser, tmp_
 
     # The run browser: the run is finished, with its accuracy; open it.
     page.click("#train-open-run")
-    page.wait_for_function(f"document.querySelector('#runs-view').dataset.open === '{run}'", timeout=LIVE)
+    until(page, f"document.querySelector('#runs-view').dataset.open === '{run}'", timeout=LIVE)
     row = page.locator(f"#runs-table tr[data-run='{run}']").inner_text()
     assert f"{100 * metrics[-1]['test_accuracy']:.2f}%" in row and "12/12" in row
     assert page.locator("#confusion button").count() == 100
@@ -165,7 +165,7 @@ def test_train_stop_resume_and_explore_from_the_page(server, root, browser, tmp_
     off = cm - np.diag(np.diag(cm))
     t, p = np.unravel_index(off.argmax(), off.shape)
     page.click(f"#confusion button[data-true='{t}'][data-predicted='{p}']")
-    page.wait_for_function(f"document.querySelector('#cell').dataset.cell === '{t},{p}'", timeout=LIVE)
+    until(page, f"document.querySelector('#cell').dataset.cell === '{t},{p}'", timeout=LIVE)
     figures = page.locator("#cell-images figure")
     assert figures.count() == min(cm[t, p], 24)
     assert f"{cm[t, p]} test image" in page.inner_text("#cell-title")
@@ -188,7 +188,7 @@ def test_train_stop_resume_and_explore_from_the_page(server, root, browser, tmp_
     for name in ("quick", run):
         page.check(f"#runs-table tr[data-run='{name}'] input[type=checkbox]")
     page.click("#runs-compare")
-    page.wait_for_function(f"document.querySelector('#runs-view').dataset.compared === 'quick,{run}'", timeout=LIVE)
+    until(page, f"document.querySelector('#runs-view').dataset.compared === 'quick,{run}'", timeout=LIVE)
     compared = httpx.get(f"{server}/api/compare", params={"a": "quick", "b": run}).json()
     assert page.locator("#compare-classes .pc").count() == 10
     assert page.locator("#compare-classes .pc .track").count() == 20
@@ -201,7 +201,7 @@ def test_train_stop_resume_and_explore_from_the_page(server, root, browser, tmp_
     phone.click("#nav a[data-view='runs-view']")
     phone.wait_for_selector(f"#runs-table tr[data-run='{run}']")
     phone.click(f"#runs-table tr[data-run='{run}'] button.link")
-    phone.wait_for_function(f"document.querySelector('#runs-view').dataset.open === '{run}'", timeout=LIVE)
+    until(phone, f"document.querySelector('#runs-view').dataset.open === '{run}'", timeout=LIVE)
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
     phone.locator("#runs-view").screenshot(path=str(tmp_path / "runs-phone.png"))
     phone.close()
@@ -223,13 +223,13 @@ def test_move_the_drawing_and_find_the_smallest_change_that_flips_it(server, bro
     page.mouse.up()
     page.click("#nav a[data-view='robust-view']")  # the Robustness tab
     page.click("#robust-take")
-    page.wait_for_function("document.querySelector('#robust-view').dataset.transform")
+    until(page, "document.querySelector('#robust-view').dataset.transform")
     assert page.inner_text("#robust-prediction") == "7"
     upright = np.array(canvas_pixels(page, "#robust-image")).reshape(28, 28, 4)[..., 0]
     assert (upright > 128).sum() > 20
 
     page.eval_on_selector("#robust-angle", "e => { e.value = 90; e.dispatchEvent(new Event('input')); }")
-    page.wait_for_function("JSON.parse(document.querySelector('#robust-view').dataset.transform).angle === 90")
+    until(page, "JSON.parse(document.querySelector('#robust-view').dataset.transform).angle === 90")
     turned = np.array(canvas_pixels(page, "#robust-image")).reshape(28, 28, 4)[..., 0]
     assert np.array_equal(turned, np.rot90(upright, -1))  # what is drawn is the drawing turned a quarter clockwise
     assert page.locator("#robust-maps canvas").count() == 16 and page.locator("#robust-bars .pbar").count() == 10

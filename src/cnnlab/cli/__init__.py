@@ -14,6 +14,8 @@ import os
 import sys
 from importlib import import_module
 
+import cnnlab
+
 from .. import __version__
 from ..engine.config import SettingError
 from ..errors import CnnlabError
@@ -77,6 +79,12 @@ def add_force_flag(p: argparse.ArgumentParser, what: str = "the output file") ->
 
 def add_data_dir_flag(p: argparse.ArgumentParser, what: str = "dataset folder") -> None:
     p.add_argument("--data-dir", default=None, help=f"{what} (default $CNNLAB_DATA_DIR, else ./data)")
+
+
+# The commands that train in their own process. None of them compiles an optimiser (--compile
+# compiles the network's forward), so torch.optim's compile guards need not import torch._dynamo:
+# 1.1 s of a 3.7 s `cnnlab train --recipe fast` (docs/benchmarks.md).
+TRAINING_COMMANDS = ("train", "compare")
 
 
 # The names of runs/predict.py's PREPROCESSING (kept here so that --help loads no torch).
@@ -159,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if args.command in TRAINING_COMMANDS:
+        cnnlab.leave_dynamo_unloaded()
     try:
         return int(args.func(args) or 0)
     except SettingError as e:  # the library names the setting; the user typed a flag

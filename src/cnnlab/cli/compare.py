@@ -46,7 +46,6 @@ def run(args) -> int:
                       seed=args.seed, device=args.device, threads=args.threads, limit_train=args.limit_train, limit_test=args.limit_test)
     out = args.out or Path("runs") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
-    cnnlab.leave_dynamo_unloaded()  # (this process compiles no optimiser: 1.1 s less to wait)
     rows = cnnlab.compare(models, cfg, data_dir=args.data_dir, out=out, log=log)
     if args.json:
         print_json({"out": str(out), "config": asdict(cfg), "rows": [asdict(r) for r in rows]})

@@ -78,7 +78,6 @@ def run(args) -> int:
     if args.resume and args.recipe:
         raise CnnlabError("--resume continues with the run's saved settings; drop --recipe")
     args.recipe = args.recipe or "lecture"
-    cnnlab.leave_dynamo_unloaded()  # (this process compiles no optimiser: 1.1 s less to wait)
     if args.ensemble:
         return run_ensemble(args, given, log)
     try:

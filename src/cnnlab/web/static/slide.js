@@ -4,7 +4,7 @@
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
-  const C = window.cnnlab;
+  const C = window.cnnlab, P = cnnlabPlots;
   let op = "conv";
   let data = null;           // the server's answer for the current settings
   let step = 0;              // the step shown, 0-based
@@ -40,15 +40,17 @@
     const s = settings[op], body = {};
     for (const [k, v] of Object.entries(s)) if (v !== "" && k !== "mode") body[k] = v;
     const mine = ++seq;
-    const res = await fetch(`/api/${op}`, { method: "POST", headers: { "content-type": "application/json" },
-                                            body: JSON.stringify(body) });
-    const answer = await res.json();
-    if (mine !== seq) return;
-    if (!res.ok) {
-      $("s-status").textContent = answer.error;
+    let answer;
+    try {
+      answer = await P.postJSON(`/api/${op}`, body);
+    } catch (e) {  // the server's one line (a matrix it cannot read), or no server at all
+      if (mine !== seq) return;
+      $("s-status").textContent = e instanceof TypeError ? "cannot reach the server: is cnnlab serve still running?"
+                                                         : e.message;
       $("s-status").className = "error";
       return;
     }
+    if (mine !== seq) return;
     $("s-status").textContent = "";
     $("s-status").className = "muted";
     data = answer;
