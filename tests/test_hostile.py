@@ -194,8 +194,10 @@ def test_7_non_finite_settings_are_refused(args, message, tmp_path, capsys):
 def test_7_divergence_stops_at_its_step_and_nan_never_reaches_a_file_or_an_answer(finished, data_dir, tmp_path,
                                                                                   capsys):
     run_dir = tmp_path / "diverged"
+    # Batch 10 in fp32: a NaN by step 4 on every CPU (batch 50 reached only a finite 9e20 in fp32,
+    # where a CPU without bf16 trains, and NaN at step 6 in bf16).
     code, _, err = run_main(capsys, "train", "--out", run_dir, "--optimizer", "sgd", "--lr", "100",
-                            *flags({**TINY, "epochs": 1}), *DATA)
+                            *flags({**TINY, "epochs": 1, "batch_size": 10, "precision": "fp32"}), *DATA)
     assert_usage_error(code, err, "training diverged: the training loss became ")
     assert err.split("became ")[1].split()[0] in ("nan", "inf")
     step = int(err.split(", step ")[1].split("/")[0])
