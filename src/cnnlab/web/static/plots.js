@@ -1,4 +1,4 @@
-// cnnlab explorer: drawing helpers shared by train.js, runs.js and robust.js (plain canvas, no libraries).
+// cnnlab explorer: helpers shared by slide.js, train.js, runs.js and robust.js (JSON requests, plain canvas drawing; no libraries).
 "use strict";
 
 const cnnlabPlots = (() => {
