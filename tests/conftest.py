@@ -42,6 +42,11 @@ def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=timeout)
 
 
+def cli_flags(settings: dict) -> list[str]:
+    """TrainConfig settings as the command line's flags: {"batch_size": 8} -> ["--batch-size", "8"]."""
+    return [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+
+
 # One fresh interpreter runs the commands one after another, as `cnnlab` would, and notes after
 # each which heavy libraries have been imported so far (the first command to load one is named).
 PROBE = """

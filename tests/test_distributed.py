@@ -12,7 +12,7 @@ import sys
 import cnnlab
 from cnnlab.engine import checkpoint
 from cnnlab.runs import folder
-from conftest import DATA_DIR, SRC
+from conftest import DATA_DIR, SRC, cli_flags
 
 SETTINGS = dict(limit_train=2000, limit_test=1000, epochs=3, batch_size=32, seed=0, device="cpu")
 
@@ -29,7 +29,7 @@ def torchrun(*args) -> subprocess.Popen:
 def test_two_processes_land_in_the_single_process_band_and_resume_after_ctrl_c(tmp_path, data_dir):
     single = cnnlab.train(data_dir=data_dir, save=False, progress=False, log=None, threads=1, **SETTINGS)
     run_dir = tmp_path / "ddp"
-    flags = [x for k, v in SETTINGS.items() for x in (f"--{k.replace('_', '-')}", v)]
+    flags = cli_flags(SETTINGS)
 
     proc = torchrun("--out", run_dir, *flags)
     seen = []

@@ -22,7 +22,7 @@ from cnnlab.engine.config import TrainConfig
 from cnnlab.engine.models import build_model
 from cnnlab.engine.processes import resolve_precision
 from cnnlab.runs.evaluate import evaluate
-from conftest import ROOT, probe, run_cli
+from conftest import ROOT, cli_flags, probe, run_cli
 
 
 def _lecture_code():
@@ -195,7 +195,7 @@ def test_the_command_line_trains_without_torch_dynamo_to_the_same_bits(data_dir,
     # optimiser state in the checkpoint.
     settings = dict(optimizer=optimizer, schedule=schedule, lr=0.005, limit_train=2000, limit_test=300,
                     threads=1, seed=4)
-    flags = [x for k, v in settings.items() for x in ("--" + k.replace("_", "-"), str(v))]
+    flags = cli_flags(settings)
     step = probe([["train", "--recipe", "fast", *flags, "--out", str(tmp_path / "cli")]], "torch._dynamo")[0]
     assert step["code"] == 0, step
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CNNLAB_DATA_DIR": str(data_dir)}

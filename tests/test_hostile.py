@@ -29,15 +29,11 @@ from cnnlab.engine import checkpoint, data
 from cnnlab.errors import CnnlabError, Interrupted
 from cnnlab.files import atomic_write
 from cnnlab.runs import folder
-from conftest import DATA_DIR, SRC, assert_usage_error, run_main
+from conftest import DATA_DIR, SRC, assert_usage_error, cli_flags, run_main
 
 TINY = dict(limit_train=1000, limit_test=200, epochs=2, batch_size=50, seed=0, threads=1)
 DATA = ["--data-dir", DATA_DIR]
 LOCK = ".lock"  # a run folder's lock file (runs/folder.py), there while a process writes the run
-
-
-def flags(settings: dict) -> list[str]:
-    return [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v))]
 
 
 class SignalAt:
@@ -94,12 +90,12 @@ def test_1_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(data
     env = {**os.environ, "CNNLAB_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
     first = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "--out", same,
-                              *flags({**TINY, "epochs": 50})], env=env, text=True,
+                              *cli_flags({**TINY, "epochs": 50})], env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert first.stdout.readline().startswith("training simple_cnn"), first.stderr.read()
         config = (same / folder.CONFIG).read_text()
-        for args in (["--out", same, "--model", "lenet5", *flags(TINY), *DATA], ["--resume", same]):
+        for args in (["--out", same, "--model", "lenet5", *cli_flags(TINY), *DATA], ["--resume", same]):
             code, _, err = run_main(capsys, "train", *args)
             assert_usage_error(code, err, f"{same} is being written by process {first.pid} on host ")
         assert (same / folder.CONFIG).read_text() == config  # still simple_cnn's
@@ -197,7 +193,7 @@ def test_7_divergence_stops_at_its_step_and_nan_never_reaches_a_file_or_an_answe
     # Batch 10 in fp32: a NaN by step 4 on every CPU (batch 50 reached only a finite 9e20 in fp32,
     # where a CPU without bf16 trains, and NaN at step 6 in bf16).
     code, _, err = run_main(capsys, "train", "--out", run_dir, "--optimizer", "sgd", "--lr", "100",
-                            *flags({**TINY, "epochs": 1, "batch_size": 10, "precision": "fp32"}), *DATA)
+                            *cli_flags({**TINY, "epochs": 1, "batch_size": 10, "precision": "fp32"}), *DATA)
     assert_usage_error(code, err, "training diverged: the training loss became ")
     assert err.split("became ")[1].split()[0] in ("nan", "inf")
     step = int(err.split(", step ")[1].split("/")[0])

@@ -16,13 +16,9 @@ import cnnlab
 from cnnlab.engine import checkpoint
 from cnnlab.errors import CnnlabError, Interrupted, RunError
 from cnnlab.runs import folder
-from conftest import DATA_DIR, SRC, assert_usage_error, run_cli
+from conftest import DATA_DIR, SRC, assert_usage_error, cli_flags, run_cli
 
 RUN = dict(limit_train=2000, limit_test=500, epochs=3, batch_size=32, schedule="onecycle", seed=3, threads=1)
-
-
-def cli_flags(settings: dict) -> list:
-    return [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v))]
 
 
 def start_cli(*args) -> subprocess.Popen:
