@@ -137,21 +137,29 @@ def _work_copy(image: Image.Image | np.ndarray) -> np.ndarray:
 
 def to_mnist(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
     """A photo, scan or drawing of one digit -> uint8 [28, 28], white on black, MNIST-style."""
-    g = _work_copy(image)
-    h, w = g.shape
+    g = _ink_above_paper(_work_copy(image))
+    g, stroke = _flatten_background(g)
+    g = _isolate_digit(g, stroke, name)
+    return _center_in_frame(_fit_box(g))
 
-    # 1. The paper's light: a lamp's fall-off or a lens's vignette lights the sheet as a smooth
-    # surface. Fit one to the paper; the ink is what stands out from it, darker (ink on paper:
-    # invert) or lighter (chalk on a board). Subtracting it leaves bright ink on black, and no
-    # dim side of the sheet that could pass for ink.
+
+def _ink_above_paper(g: np.ndarray) -> np.ndarray:
+    """1. The paper's light: a lamp's fall-off or a lens's vignette lights the sheet as a smooth
+    surface. Fit one to the paper; the ink is what stands out from it, darker (ink on paper:
+    invert) or lighter (chalk on a board). Subtracting it leaves bright ink on black, and no
+    dim side of the sheet that could pass for ink."""
     paper = _paper_surface(g)
     if _ink_is_dark(g - paper):
         g, paper = 255.0 - g, 255.0 - paper
-    g = np.clip(g - paper, 0, None)
+    return np.clip(g - paper, 0, None)
 
-    # 2. Unevenness the surface cannot follow: a grey opening wider than any stroke erases the
-    # ink and keeps the background; subtract it. The stroke width comes from a first rough ink
-    # mask, and the opening runs on a copy shrunk until strokes are ~2 pixels wide.
+
+def _flatten_background(g: np.ndarray) -> tuple[np.ndarray, float]:
+    """2. Unevenness the surface cannot follow: a grey opening wider than any stroke erases the
+    ink and keeps the background; subtract it. The stroke width comes from a first rough ink
+    mask, and the opening runs on a copy shrunk until strokes are ~2 pixels wide.
+    Returns the image and the stroke width in pixels."""
+    h, w = g.shape
     rough = g > _otsu(g)
     stroke = 2.0 * float(np.percentile(ndimage.distance_transform_edt(rough)[rough], 90)) if rough.any() else 1.0
     s = min(1.0, 2.0 / max(stroke, 1e-6))
@@ -161,10 +169,13 @@ def to_mnist(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray
         background = _resize(background, h, w)
     else:
         background = ndimage.uniform_filter(ndimage.grey_opening(g, size=(7, 7)), size=7)
-    g = np.clip(g - background, 0, None)
+    return np.clip(g - background, 0, None), stroke
 
-    # 3. Noise: a 3x3 median removes specks and JPEG ringing (only where strokes are wide enough
-    # to survive it); Otsu then separates ink from paper.
+
+def _isolate_digit(g: np.ndarray, stroke: float, name: str) -> np.ndarray:
+    """3. Noise: a 3x3 median removes specks and JPEG ringing (only where strokes are wide enough
+    to survive it); Otsu then separates ink from paper, and the digit's connected pieces are kept.
+    Returns ink in 0..1 on a black background; ImageError when there is no ink."""
     if stroke >= 4:
         g = np.asarray(Image.fromarray(np.clip(g, 0, 255).astype(np.uint8)).filter(ImageFilter.MedianFilter(3)),
                        np.float32)
@@ -182,18 +193,21 @@ def to_mnist(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray
     keep[1:] = mass >= 0.08 * mass.max()
     digit = ndimage.binary_dilation(keep[labels], iterations=1)  # keep the anti-aliased rim
     g = np.where(digit, g, 0.0)
-    g = np.clip(g / max(float(np.percentile(g[keep[labels]], 90)), 1e-6), 0, 1)
+    return np.clip(g / max(float(np.percentile(g[keep[labels]], 90)), 1e-6), 0, 1)
 
-    # 4. Crop to the bounding box, scale the longer side to 20 pixels keeping the aspect ratio.
+
+def _fit_box(g: np.ndarray) -> np.ndarray:
+    """4. Crop to the bounding box, scale the longer side to 20 pixels keeping the aspect ratio."""
     rows, cols = np.nonzero(g > 0)
     crop = g[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     ch, cw = crop.shape
     s = DIGIT_BOX / max(ch, cw)
     box = np.clip(_resize(crop, max(1, round(ch * s)), max(1, round(cw * s))), 0, 1)
-    if box.max() > 0:
-        box = box / box.max()
+    return box / box.max() if box.max() > 0 else box
 
-    # 5. Place in 28x28 with the centre of mass at the centre (as MNIST did).
+
+def _center_in_frame(box: np.ndarray) -> np.ndarray:
+    """5. Place in 28x28 with the centre of mass at the centre (as MNIST did): uint8 0..255."""
     cy, cx = ndimage.center_of_mass(box)
     out = np.zeros((FRAME, FRAME), np.float32)
     # MNIST's centres of mass sit at pixel (14, 14) (measured: 13.99, 14.00 on its test set).
