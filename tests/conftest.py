@@ -154,8 +154,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(run_dir, log_path: Path):
-    """`python -m cnnlab serve RUN_DIR` on a free loopback port, as a user starts it: yields its URL."""
+def serving(run_dir, log_path: Path, stop_timeout: float = 10):
+    """`python -m cnnlab serve RUN_DIR` on a free loopback port, as a user starts it: yields its URL.
+    On the way out it is stopped as Ctrl-C would (SIGTERM), and killed after stop_timeout seconds."""
     port = free_port()
     log = open(log_path, "w+")
     env = {**os.environ, "CNNLAB_DATA_DIR": str(DATA_DIR),
@@ -180,7 +181,7 @@ def serving(run_dir, log_path: Path):
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=stop_timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.seek(0)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 from PIL import Image
 
 from cnnlab.runs import folder
-from conftest import DATA_DIR, SRC, free_port, run_cli, until
+from conftest import run_cli, serving, until
 
 LIVE = 180_000  # ms a browser wait may take on a busy machine (training starts a Python process)
 
@@ -33,30 +31,9 @@ def root(quick_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(root, tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("serve-runs") / "server.log", "w+")
-    env = {**os.environ, "CNNLAB_DATA_DIR": str(DATA_DIR),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", str(root), "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log.seek(0)
-            pytest.fail(f"server did not start: {log.read()}")
-        time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=90)
-    log.seek(0)
-    print("\nserver log:\n" + log.read())
+    # A training started from the page stops and saves its checkpoint first: give it time.
+    with serving(root, tmp_path_factory.mktemp("serve-runs") / "server.log", stop_timeout=90) as url:
+        yield url
 
 
 def shots_dir(tmp_path) -> Path:
